@@ -1,0 +1,273 @@
+"""DIRformer: the restoration backbone of DiffIR.
+
+DIRformer is Restormer (Zamir et al., CVPR 2022) with every transformer block modulated by the
+IPR, the 256-d prior vector estimated by CPEN (stage one) or by the IPR diffusion (stage two):
+
+* DMTA (dynamic multi-head transposed attention): Restormer's MDTA, attention over channels.
+* DGFN (dynamic gated feed-forward network): Restormer's GDFN.
+* Both first apply ``x * a + b`` with ``(a, b) = Linear(ipr)`` to the layer-normalised features.
+
+Module and attribute names (``encoder_level1``, ``norm1.body``, ``kernel.0`` ...) are the official
+ones so that official checkpoints load with ``strict=True`` and ours load into the official code;
+that is why the four-level U-Net is spelled out level by level instead of built in a loop.
+
+Task heads (``head``):
+
+* ``'sr'``: the official SR / real-world SR head. The tail always upsamples x4; x2 and x1 reach
+  their output size by pixel-unshuffling the LR input by 2 or 4 first (``input_unshuffle``).
+  Output = tail(features) + nearest-upsampled LR input.
+* ``'restore'``: same-resolution restoration (deblurring): a 3x3 conv plus the input residual.
+* ``'inpaint'``: the inpainting generator: no refinement blocks, no residual (its 4-channel input
+  is the masked image plus the mask), optional dual-pixel skip as in the official code.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from einops import rearrange
+
+IPR_DIM = 256  # 4 * n_feats with the official, hard-coded n_feats = 64
+
+HEADS = ("sr", "restore", "inpaint")
+
+
+# --------------------------------------------------------------------------- LayerNorm
+class _LayerNormAffine(nn.Module):
+    """Holds the LayerNorm gain (and bias); a module of its own only to keep the official
+    ``norm.body.weight`` key."""
+
+    def __init__(self, dim: int, with_bias: bool):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.bias = nn.Parameter(torch.zeros(dim)) if with_bias else None
+
+
+class ChannelLayerNorm(nn.Module):
+    """LayerNorm over the channels of each pixel of a (B, C, H, W) tensor (eps 1e-5, biased variance).
+
+    ``'BiasFree'`` (Restormer's variant) scales by 1/std without subtracting the mean, although the
+    variance itself is the centred one; ``'WithBias'`` is the usual LayerNorm.
+    """
+
+    def __init__(self, dim: int, layer_norm_type: str):
+        super().__init__()
+        if layer_norm_type not in ("BiasFree", "WithBias"):
+            raise ValueError(f"LayerNorm_type must be 'BiasFree' or 'WithBias', got {layer_norm_type!r}")
+        self.subtract_mean = layer_norm_type == "WithBias"
+        self.body = _LayerNormAffine(dim, with_bias=self.subtract_mean)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var = x.var(dim=1, keepdim=True, unbiased=False)
+        if self.subtract_mean:
+            x = x - x.mean(dim=1, keepdim=True)
+        x = x / torch.sqrt(var + 1e-5) * self.body.weight[:, None, None]
+        if self.body.bias is not None:
+            x = x + self.body.bias[:, None, None]
+        return x
+
+
+def ipr_modulation(dim: int) -> nn.Sequential:
+    """Linear map from the IPR to a per-channel scale and shift (the paper's W1·Z and W2·Z)."""
+    return nn.Sequential(nn.Linear(IPR_DIM, 2 * dim, bias=False))
+
+
+def modulate(x: torch.Tensor, kernel: nn.Module, ipr: torch.Tensor) -> torch.Tensor:
+    scale, shift = kernel(ipr)[:, :, None, None].chunk(2, dim=1)
+    return x * scale + shift  # a plain scale, no "1 +": as in the paper and the official code
+
+
+# --------------------------------------------------------------------------- DMTA and DGFN
+class DynamicTransposedAttention(nn.Module):
+    """DMTA: IPR modulation, then multi-head attention across channels (a C x C map per head)."""
+
+    def __init__(self, dim: int, num_heads: int, bias: bool):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"channels ({dim}) must be divisible by the number of heads ({num_heads})")
+        self.num_heads = num_heads
+        self.temperature = nn.Parameter(torch.ones(num_heads, 1, 1))
+        self.kernel = ipr_modulation(dim)
+        self.qkv = nn.Conv2d(dim, dim * 3, kernel_size=1, bias=bias)
+        self.qkv_dwconv = nn.Conv2d(dim * 3, dim * 3, kernel_size=3, padding=1, groups=dim * 3, bias=bias)
+        self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
+
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        h, w = x.shape[-2:]
+        x = modulate(x, self.kernel, ipr)
+        q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
+        q, k, v = (rearrange(t, "b (head c) h w -> b head c (h w)", head=self.num_heads) for t in (q, k, v))
+        q = F.normalize(q, dim=-1)
+        k = F.normalize(k, dim=-1)
+        attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
+        out = rearrange(attn @ v, "b head c (h w) -> b (head c) h w", head=self.num_heads, h=h, w=w)
+        return self.project_out(out)
+
+
+class DynamicGatedFeedForward(nn.Module):
+    """DGFN: IPR modulation, then a depthwise-conv gated feed-forward, GELU(x1) * x2."""
+
+    def __init__(self, dim: int, ffn_expansion_factor: float, bias: bool):
+        super().__init__()
+        hidden = int(dim * ffn_expansion_factor)
+        self.project_in = nn.Conv2d(dim, hidden * 2, kernel_size=1, bias=bias)
+        self.dwconv = nn.Conv2d(hidden * 2, hidden * 2, kernel_size=3, padding=1, groups=hidden * 2, bias=bias)
+        self.project_out = nn.Conv2d(hidden, dim, kernel_size=1, bias=bias)
+        self.kernel = ipr_modulation(dim)
+
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        x = self.project_in(modulate(x, self.kernel, ipr))
+        x1, x2 = self.dwconv(x).chunk(2, dim=1)
+        return self.project_out(F.gelu(x1) * x2)
+
+
+class DynamicTransformerBlock(nn.Module):
+    def __init__(self, dim, num_heads, ffn_expansion_factor, bias, layer_norm_type):
+        super().__init__()
+        self.norm1 = ChannelLayerNorm(dim, layer_norm_type)
+        self.attn = DynamicTransposedAttention(dim, num_heads, bias)
+        self.norm2 = ChannelLayerNorm(dim, layer_norm_type)
+        self.ffn = DynamicGatedFeedForward(dim, ffn_expansion_factor, bias)
+
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), ipr)
+        return x + self.ffn(self.norm2(x), ipr)
+
+
+class IPRSequential(nn.Sequential):
+    """A stack of dynamic transformer blocks that all receive the same IPR."""
+
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        for block in self:
+            x = block(x, ipr)
+        return x
+
+
+# --------------------------------------------------------------------------- resampling
+class Downsample(nn.Module):
+    """conv3x3 C -> C/2, then pixel-unshuffle: half the resolution, twice the channels."""
+
+    def __init__(self, n_feat: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+class Upsample(nn.Module):
+    """conv3x3 C -> 2C, then pixel-shuffle: twice the resolution, half the channels."""
+
+    def __init__(self, n_feat: int):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
+
+    def forward(self, x):
+        return self.body(x)
+
+
+def x4_upsampler_tail(channels: int, out_channels: int) -> nn.Sequential:
+    """The official SR tail: two rounds of conv3x3 (C -> 4C) + pixel-shuffle(2), then conv3x3 -> out.
+    Keys: tail.0.0, tail.0.2 (the upsampler convs) and tail.1 (the output conv)."""
+    upsampler = nn.Sequential(
+        nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.PixelShuffle(2),
+        nn.Conv2d(channels, 4 * channels, 3, padding=1), nn.PixelShuffle(2),
+    )
+    return nn.Sequential(upsampler, nn.Conv2d(channels, out_channels, 3, padding=1))
+
+
+# --------------------------------------------------------------------------- DIRformer
+class DIRformer(nn.Module):
+    """Four-level encoder/decoder of dynamic transformer blocks, conditioned on an IPR (B, 256).
+
+    Args:
+        inp_channels: channels of the image the network is given (4 for inpainting: image + mask).
+        out_channels: channels of the restored image.
+        dim: channels at level 1 (level k has dim * 2**(k-1); decoder level 1 and refinement 2*dim).
+        num_blocks: transformer blocks at levels 1-4 (the decoder reuses the counts of levels 1-3).
+        num_refinement_blocks: blocks after decoder level 1 (unused by the inpainting head).
+        heads: attention heads per level.
+        head: 'sr', 'restore' or 'inpaint' (see the module docstring).
+        scale: SR output scale, 1, 2 or 4 (only for head='sr').
+        dual_pixel_task: inpainting only; adds the official 1x1 skip from level-1 features.
+    """
+
+    def __init__(self, inp_channels=3, out_channels=3, dim=48, num_blocks=(4, 6, 6, 8), num_refinement_blocks=4,
+                 heads=(1, 2, 4, 8), ffn_expansion_factor=2.66, bias=False, LayerNorm_type="WithBias",
+                 head="restore", scale=4, dual_pixel_task=False):
+        super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {HEADS}, got {head!r}")
+        if len(num_blocks) != 4 or len(heads) != 4:
+            raise ValueError(f"num_blocks and heads need 4 entries (one per level), got {num_blocks} and {heads}")
+        if head == "sr" and scale not in (1, 2, 4):
+            raise ValueError(f"SR scale must be 1, 2 or 4 (the official x4 tail after a pixel-unshuffle), got {scale}")
+        if dual_pixel_task and head != "inpaint":
+            raise ValueError("dual_pixel_task exists only in the inpainting generator (inp_channels=4)")
+        self.head = head
+        self.scale = scale if head == "sr" else 1
+        # x2 / x1 SR run the network on a pixel-unshuffled LR image so that the fixed x4 tail fits.
+        self.input_unshuffle = 4 // scale if head == "sr" else 1
+        self.dual_pixel_task = dual_pixel_task
+
+        def level(channels, n, num_heads):
+            return IPRSequential(*[DynamicTransformerBlock(channels, num_heads, ffn_expansion_factor, bias,
+                                                           LayerNorm_type) for _ in range(n)])
+
+        d1, d2, d3, d4 = dim, dim * 2, dim * 4, dim * 8
+        self.patch_embed = nn.Module()
+        self.patch_embed.proj = nn.Conv2d(inp_channels * self.input_unshuffle ** 2, d1, 3, padding=1, bias=False)
+
+        self.encoder_level1 = level(d1, num_blocks[0], heads[0])
+        self.down1_2 = Downsample(d1)
+        self.encoder_level2 = level(d2, num_blocks[1], heads[1])
+        self.down2_3 = Downsample(d2)
+        self.encoder_level3 = level(d3, num_blocks[2], heads[2])
+        self.down3_4 = Downsample(d3)
+        self.latent = level(d4, num_blocks[3], heads[3])
+
+        self.up4_3 = Upsample(d4)
+        self.reduce_chan_level3 = nn.Conv2d(d4, d3, kernel_size=1, bias=bias)
+        self.decoder_level3 = level(d3, num_blocks[2], heads[2])
+        self.up3_2 = Upsample(d3)
+        self.reduce_chan_level2 = nn.Conv2d(d3, d2, kernel_size=1, bias=bias)
+        self.decoder_level2 = level(d2, num_blocks[1], heads[1])
+        self.up2_1 = Upsample(d2)  # no channel reduction: level 1 of the decoder works at 2*dim
+        self.decoder_level1 = level(d2, num_blocks[0], heads[0])
+
+        if head != "inpaint":  # the official inpainting generator has its refinement stage commented out
+            self.refinement = level(d2, num_refinement_blocks, heads[0])
+        if dual_pixel_task:
+            self.skip_conv = nn.Conv2d(d1, d2, kernel_size=1, bias=bias)
+        if head == "sr":
+            self.tail = x4_upsampler_tail(d2, out_channels)
+        else:
+            self.output = nn.Conv2d(d2, out_channels, 3, padding=1, bias=bias)
+
+    @property
+    def size_multiple(self) -> int:
+        """Input height and width must be multiples of this (three 2x downsamplings)."""
+        return 8 * self.input_unshuffle
+
+    def forward(self, inp_img: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        x = F.pixel_unshuffle(inp_img, self.input_unshuffle) if self.input_unshuffle > 1 else inp_img
+        emb = self.patch_embed.proj(x)
+        enc1 = self.encoder_level1(emb, ipr)
+        enc2 = self.encoder_level2(self.down1_2(enc1), ipr)
+        enc3 = self.encoder_level3(self.down2_3(enc2), ipr)
+        latent = self.latent(self.down3_4(enc3), ipr)
+
+        dec3 = self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1))
+        dec3 = self.decoder_level3(dec3, ipr)
+        dec2 = self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1))
+        dec2 = self.decoder_level2(dec2, ipr)
+        dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1), ipr)
+
+        if self.head == "sr":
+            feat = self.refinement(dec1, ipr)
+            return self.tail(feat) + F.interpolate(inp_img, scale_factor=self.scale, mode="nearest")
+        if self.head == "restore":
+            return self.output(self.refinement(dec1, ipr)) + inp_img
+        if self.dual_pixel_task:
+            dec1 = dec1 + self.skip_conv(emb)
+        return self.output(dec1)

@@ -1,0 +1,142 @@
+"""The IPR diffusion of DiffIR stage two: a T-step (T = 4) diffusion on the 256-d IPR vector.
+
+* Schedule: LDM's "linear" schedule, linear in sqrt(beta):
+  ``betas = linspace(sqrt(linear_start), sqrt(linear_end), T) ** 2``; every derived quantity is
+  computed in float64 and stored as a float32 buffer, exactly as the official code registers them.
+* Denoiser: an MLP fed ``[condition, t / max_period, x_t]`` that predicts the clean IPR x0
+  (x0-parameterisation), with ``max_period = 10 * T``.
+* Reverse step: ``x_{t-1} = coef1[t] * x0_hat + coef2[t] * x_t``, the posterior mean with no noise
+  added (the official step draws a noise tensor and discards it; we skip that draw, which changes no
+  output). At t = 0, coef1 = 1 and coef2 = 0, so the final IPR is the last x0 prediction.
+* Training (``self.training``): start from ``q_sample(IPR_S1, T - 1)`` and run all T steps with
+  gradients, returning every intermediate IPR. Inference: start from N(0, I).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from .cpen import N_FEATS
+
+IPR_DIM = 4 * N_FEATS
+SCHEDULE_BUFFERS = (
+    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
+    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
+    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
+)
+
+
+def linear_sqrt_beta_schedule(timesteps: int, linear_start: float, linear_end: float) -> dict[str, torch.Tensor]:
+    """All schedule quantities for q(x_t | x_0) and the posterior q(x_{t-1} | x_t, x_0), in float64."""
+    betas = torch.linspace(math.sqrt(linear_start), math.sqrt(linear_end), timesteps, dtype=torch.float64) ** 2
+    alphas = 1.0 - betas
+    alphas_cumprod = torch.cumprod(alphas, dim=0)
+    alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
+    return {
+        "betas": betas,
+        "alphas_cumprod": alphas_cumprod,
+        "alphas_cumprod_prev": alphas_cumprod_prev,
+        "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
+        "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
+        "log_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).log(),
+        "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
+        "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1).sqrt(),
+        "posterior_variance": posterior_variance,
+        # clipped because the posterior variance is 0 at t = 0
+        "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
+        "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
+        "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
+    }
+
+
+class _LinearLReLU(nn.Module):
+    """Linear + LeakyReLU(0.1). Official name ``ResMLP``, but it has no residual add (key ``resmlp.0``)."""
+
+    def __init__(self, features: int):
+        super().__init__()
+        self.resmlp = nn.Sequential(nn.Linear(features, features), nn.LeakyReLU(0.1, True))
+
+    def forward(self, x):
+        return self.resmlp(x)
+
+
+class IPRDenoiser(nn.Module):
+    """Predicts the clean IPR x0 from ``[condition (256), t / max_period (1), x_t (256)]``."""
+
+    def __init__(self, n_denoise_res: int = 1, timesteps: int = 4):
+        super().__init__()
+        self.max_period = timesteps * 10
+        self.resmlp = nn.Sequential(
+            nn.Linear(2 * IPR_DIM + 1, IPR_DIM), nn.LeakyReLU(0.1, True),
+            *[_LinearLReLU(IPR_DIM) for _ in range(n_denoise_res)],
+        )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        # t / max_period in float32 even in a float64 model, as the official code computes it
+        t_scaled = (t.float() / self.max_period).view(-1, 1).to(x.dtype)
+        return self.resmlp(torch.cat([cond, t_scaled, x], dim=1))
+
+
+class IPRDiffusion(nn.Module):
+    """x0-parameterised DDPM on the IPR, conditioned on CPEN_S2's vector of the LQ image.
+
+    ``model`` (the denoiser) and ``condition`` (CPEN_S2) are the same module objects that DiffIRS2
+    holds as ``denoise`` and ``condition``; registering them here too reproduces the official
+    state-dict keys ``diffusion.model.*`` and ``diffusion.condition.*`` (shared tensors: parameters
+    are counted and optimised once).
+    """
+
+    def __init__(self, denoise: IPRDenoiser, condition: nn.Module, linear_start=0.1, linear_end=0.99, timesteps=4):
+        super().__init__()
+        if timesteps < 1:
+            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
+        if not 0 < linear_start <= linear_end < 1:
+            raise ValueError(f"need 0 < linear_start <= linear_end < 1, got {linear_start}, {linear_end}")
+        self.num_timesteps = timesteps
+        for name, value in linear_sqrt_beta_schedule(timesteps, linear_start, linear_end).items():
+            self.register_buffer(name, value.float())
+        self.model = denoise
+        self.condition = condition
+
+    def q_sample(self, x_start: torch.Tensor, t: int, noise: torch.Tensor) -> torch.Tensor:
+        """Sample q(x_t | x_0) for a step t shared by the batch."""
+        return self.sqrt_alphas_cumprod[t] * x_start + self.sqrt_one_minus_alphas_cumprod[t] * noise
+
+    def p_step(self, x_t: torch.Tensor, t: int, cond: torch.Tensor) -> torch.Tensor:
+        """One deterministic reverse step: the posterior mean given the predicted x0."""
+        t_batch = torch.full((x_t.shape[0],), t, device=x_t.device, dtype=torch.long)
+        x0_pred = self.model(x_t, t_batch, cond)
+        return self.posterior_mean_coef1[t] * x0_pred + self.posterior_mean_coef2[t] * x_t
+
+    def reverse(self, x_t: torch.Tensor, cond: torch.Tensor) -> list[torch.Tensor]:
+        """Run steps T-1 ... 0 from x_t; returns the IPR after each step (the last is the estimate)."""
+        iprs = []
+        for t in reversed(range(self.num_timesteps)):
+            x_t = self.p_step(x_t, t, cond)
+            iprs.append(x_t)
+        return iprs
+
+    def forward(self, lq: torch.Tensor, ipr_s1: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                generator: torch.Generator | None = None):
+        """Training mode: ``(ipr, [ipr after each step])`` starting from the noised ``ipr_s1``.
+        Eval mode: the estimated IPR, starting from ``noise`` or a fresh N(0, I) draw."""
+        batch = lq.shape[0]
+        if self.training:
+            if ipr_s1 is None:
+                raise ValueError("training mode needs the stage-one IPR (ipr_s1) to start the diffusion from")
+            if noise is None:
+                noise = torch.randn(ipr_s1.shape, dtype=ipr_s1.dtype, device=ipr_s1.device, generator=generator)
+            x_t = self.q_sample(ipr_s1, self.num_timesteps - 1, noise.to(ipr_s1))
+            cond = self.condition(lq)
+            iprs = self.reverse(x_t, cond)
+            return iprs[-1], iprs
+        if noise is None:
+            # drawn first, in the default dtype, before CPEN_S2 runs: the official RNG order
+            noise = torch.randn((batch, IPR_DIM), device=lq.device, generator=generator)
+        elif noise.shape != (batch, IPR_DIM):
+            raise ValueError(f"noise must have shape ({batch}, {IPR_DIM}), got {tuple(noise.shape)}")
+        cond = self.condition(lq)
+        return self.reverse(noise.to(cond), cond)[-1]

@@ -1,0 +1,21 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+here = Path(__file__).parent
+version = {}
+exec((here / "diffir" / "version.py").read_text(), version)
+
+setup(
+    name="diffir",
+    version=version["__version__"],
+    description="DiffIR and DiffLoss: efficient diffusion-based image restoration on basicsr",
+    long_description=(here / "README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["diffir", "diffir.*"]),
+    install_requires=[line.strip() for line in (here / "requirements.txt").read_text().splitlines()
+                      if line.strip() and not line.startswith("#")],
+    extras_require={"test": ["pytest>=7"], "onnx": ["onnx", "onnxruntime"]},
+)
