@@ -4,8 +4,8 @@ Importing diffir installs the basicsr/torchvision compatibility alias and regist
 architecture, model, loss and dataset with basicsr's registries.
 """
 from . import _compat  # noqa: F401  (must run before anything imports basicsr)
-from . import archs  # noqa: E402
+from . import archs, data, losses, models  # noqa: E402,F401
 from .archs import DiffIRS1, DiffIRS2  # noqa: E402
 from .version import __version__  # noqa: E402
 
-__all__ = ["DiffIRS1", "DiffIRS2", "__version__", "archs"]
+__all__ = ["DiffIRS1", "DiffIRS2", "__version__"]
