@@ -1,0 +1,252 @@
+"""What every diffir training model adds to basicsr's SRModel.
+
+* Device-agnostic: CPU (``num_gpu: 0``), one GPU, DDP on NCCL or gloo (no hard-coded ``.cuda()``).
+* One optimisation step per iteration, written once: optional gradient accumulation over
+  ``train.grad_accum_steps`` micro-batches of the loaded batch, bf16 autocast (``train.amp: bf16``),
+  gradient clipping (``train.grad_clip``), and a non-finite loss guard: the step is skipped and
+  logged; after ``train.max_nonfinite_steps`` in a row (default 5) training stops with a clear error
+  naming the last good checkpoint. Subclasses only say what the loss is (:meth:`compute_losses`).
+* Checkpoints and training states are written atomically (temp file + rename), and a training state
+  holds everything needed to continue exactly: networks (incl. EMA and discriminator), optimisers,
+  schedulers and RNG states.
+* Validation pads the LQ image to the network's size multiple, crops the output back and samples
+  stage two with a fixed seed, so validation numbers are reproducible.
+* Optional DiffLoss (``train.diffloss_opt``) through :class:`DiffLossMixin`.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from collections import OrderedDict
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from basicsr.models import lr_scheduler as basicsr_lr_scheduler
+from basicsr.models.sr_model import SRModel
+from basicsr.utils import get_root_logger
+from basicsr.utils.dist_util import master_only
+from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+from ..utils.padding import crop_to, pad_to_multiple
+from .diffloss_mixin import DiffLossMixin
+from .lr_scheduler import CosineAnnealingRestartCyclicLR
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced non-finite losses for too many iterations in a row."""
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """Save so that ``path`` is either the old file or the complete new one, never a partial write."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_states() -> dict:
+    states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    torch.set_rng_state(states["torch"].cpu())
+    np.random.set_state(states["numpy"])
+    random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
+
+
+class DiffIRBaseModel(DiffLossMixin, SRModel):
+    """SRModel with the shared training machinery described in the module docstring."""
+
+    # tensors of a training batch that are split into micro-batches (when present)
+    batch_keys = ("lq", "gt", "gt_usm")
+
+    def __init__(self, opt):
+        if opt.get("num_gpu", 0) and torch.cuda.is_available() and opt.get("dist"):
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        super().__init__(opt)
+
+    # ------------------------------------------------------------------ devices and setup
+    def model_to_device(self, net):
+        net = net.to(self.device)
+        if self.opt["dist"]:
+            device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
+            return DistributedDataParallel(net, device_ids=device_ids,
+                                           find_unused_parameters=self.opt.get("find_unused_parameters", False))
+        if self.opt["num_gpu"] > 1:
+            return DataParallel(net)
+        return net
+
+    def init_training_settings(self):
+        train_opt = self.opt["train"]
+        self.grad_accum_steps = int(train_opt.get("grad_accum_steps", 1))
+        self.grad_clip = train_opt.get("grad_clip")
+        self.max_nonfinite_steps = int(train_opt.get("max_nonfinite_steps", 5))
+        self.nonfinite_in_a_row = 0
+        amp = train_opt.get("amp")
+        if amp not in (None, False, "bf16"):
+            raise ValueError(f"train.amp must be 'bf16' or absent, got {amp!r}")
+        self.amp_dtype = torch.bfloat16 if amp else None
+        super().init_training_settings()
+        self.init_diffloss(train_opt)
+
+    def get_optimizer(self, optim_type, params, lr, **kwargs):
+        optimizers = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
+        if optim_type not in optimizers:
+            raise ValueError(f"optimizer type {optim_type!r} is not supported; use one of {sorted(optimizers)}")
+        return optimizers[optim_type](params, lr, **kwargs)
+
+    def setup_schedulers(self):
+        scheduler_opt = dict(self.opt["train"]["scheduler"])
+        scheduler_type = scheduler_opt.pop("type")
+        classes = {
+            "MultiStepLR": basicsr_lr_scheduler.MultiStepRestartLR,
+            "MultiStepRestartLR": basicsr_lr_scheduler.MultiStepRestartLR,
+            "CosineAnnealingRestartLR": basicsr_lr_scheduler.CosineAnnealingRestartLR,
+            "CosineAnnealingRestartCyclicLR": CosineAnnealingRestartCyclicLR,
+        }
+        if scheduler_type not in classes:
+            raise ValueError(f"train.scheduler.type {scheduler_type!r} is not supported; use one of {sorted(classes)}")
+        self.schedulers = [classes[scheduler_type](optimizer, **scheduler_opt) for optimizer in self.optimizers]
+
+    # ------------------------------------------------------------------ one optimisation step
+    def compute_losses(self, batch: dict, current_iter: int):
+        """Return ``(total_loss, loss_dict, output)`` for one (micro-)batch. Implemented by subclasses."""
+        raise NotImplementedError
+
+    def optimizer_for(self, current_iter: int):
+        return self.optimizer_g
+
+    def _micro_batches(self):
+        tensors = {k: getattr(self, k) for k in self.batch_keys if hasattr(self, k)}
+        n = min(self.grad_accum_steps, self.lq.shape[0])
+        chunks = {k: v.chunk(n) for k, v in tensors.items()}
+        return [{k: chunks[k][i] for k in chunks} for i in range(len(chunks["lq"]))]
+
+    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).all().float().reshape(1)
+        if self.opt["dist"]:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
+    def generator_step(self, current_iter: int, networks=None) -> bool:
+        """Forward, backward and optimiser step over the micro-batches; False if the step was skipped."""
+        optimizer = self.optimizer_for(current_iter)
+        optimizer.zero_grad(set_to_none=True)
+        micro_batches = self._micro_batches()
+        outputs, loss_sums = [], OrderedDict()
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            sync = nullcontext() if last or not isinstance(self.net_g, DistributedDataParallel) else self.net_g.no_sync()
+            autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
+            with sync:
+                with autocast:
+                    l_total, loss_dict, output = self.compute_losses(batch, current_iter)
+                if not self._all_ranks_finite(l_total):
+                    return self._skip_nonfinite(current_iter, loss_dict, optimizer)
+                (l_total / len(micro_batches)).backward()
+            outputs.append(output.detach() if output is not None else None)
+            for k, v in loss_dict.items():
+                loss_sums[k] = loss_sums.get(k, 0) + v.detach() / len(micro_batches)
+        if self.grad_clip:
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip))
+        optimizer.step()
+        self.nonfinite_in_a_row = 0
+        if outputs[0] is not None:
+            self.output = torch.cat(outputs)
+        self.loss_dict = loss_sums
+        return True
+
+    def _skip_nonfinite(self, current_iter, loss_dict, optimizer) -> bool:
+        optimizer.zero_grad(set_to_none=True)
+        self.nonfinite_in_a_row += 1
+        values = ", ".join(f"{k}={v.item():.4g}" for k, v in loss_dict.items())
+        logger = get_root_logger()
+        logger.warning(f"iter {current_iter}: non-finite loss ({values}); step skipped "
+                       f"({self.nonfinite_in_a_row}/{self.max_nonfinite_steps} in a row)")
+        if self.nonfinite_in_a_row >= self.max_nonfinite_steps:
+            last = getattr(self, "last_saved_state", None) or "none saved yet"
+            raise NonFiniteLossError(f"{self.nonfinite_in_a_row} non-finite losses in a row up to iter {current_iter}; "
+                                     f"stopping. Last good training state: {last}. Lower the learning rate, set "
+                                     f"train.grad_clip, or check the data, then resume from that state.")
+        self.loss_dict = OrderedDict()
+        return False
+
+    def optimize_parameters(self, current_iter):
+        stepped = self.generator_step(current_iter)
+        if stepped and self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+        self.log_dict = self.reduce_loss_dict(self.loss_dict) if self.loss_dict else OrderedDict()
+
+    # ------------------------------------------------------------------ validation
+    def size_multiple(self) -> int:
+        multiple = self.get_bare_model(self.net_g).size_multiple
+        window = self.opt.get("val", {}).get("window_size") or 1
+        return multiple * window // math.gcd(multiple, window)
+
+    def run_network_eval(self, net, lq):
+        """The eval-mode forward used by validation; stage-one models override it to pass the GT."""
+        return net(lq)
+
+    def test(self):
+        net = self.net_g_ema if hasattr(self, "net_g_ema") else self.net_g
+        was_training = net.training
+        net.eval()
+        lq, size = pad_to_multiple(self.lq, self.size_multiple())
+        with torch.no_grad():
+            self.output = crop_to(self.run_network_eval(net, lq), size, self.get_bare_model(net).scale)
+        net.train(was_training)
+
+    # ------------------------------------------------------------------ saving and resuming
+    def networks_to_save(self) -> dict:
+        nets = {"net_g": self.net_g}
+        if hasattr(self, "net_g_ema"):
+            nets["net_g_ema"] = self.net_g_ema
+        return nets
+
+    @master_only
+    def save_network(self, net, net_label, current_iter, param_key="params"):
+        nets = net if isinstance(net, list) else [net]
+        keys = param_key if isinstance(param_key, list) else [param_key]
+        save_dict = {key: {k: v.cpu() for k, v in self.get_bare_model(n).state_dict().items()}
+                     for n, key in zip(nets, keys)}
+        name = "latest" if current_iter == -1 else current_iter
+        atomic_torch_save(save_dict, os.path.join(self.opt["path"]["models"], f"{net_label}_{name}.pth"))
+
+    @master_only
+    def save_training_state(self, epoch, current_iter):
+        if current_iter == -1:
+            return
+        state = {
+            "epoch": epoch,
+            "iter": current_iter,
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [s.state_dict() for s in self.schedulers],
+            "networks": {name: self.get_bare_model(n).state_dict() for name, n in self.networks_to_save().items()},
+            "rng": rng_states(),
+        }
+        path = os.path.join(self.opt["path"]["training_states"], f"{current_iter}.state")
+        atomic_torch_save(state, path)
+        self.last_saved_state = path
+
+    def resume_training(self, resume_state):
+        nets = self.networks_to_save()
+        saved = resume_state.get("networks", {})
+        missing = [name for name in nets if name not in saved]
+        if missing:
+            raise ValueError(f"training state has no weights for {missing}; it was not written by diffir "
+                             f"(states from other trainers cannot be resumed exactly)")
+        for name, net in nets.items():
+            self.get_bare_model(net).load_state_dict(saved[name])
+        if len(resume_state["optimizers"]) != len(self.optimizers):
+            raise ValueError(f"training state has {len(resume_state['optimizers'])} optimisers, this model "
+                             f"{len(self.optimizers)}: the options changed since it was saved")
+        super().resume_training(resume_state)
+        set_rng_states(resume_state["rng"])

@@ -1,0 +1,107 @@
+"""Stage two: learn to estimate the stage-one IPR from the LQ image alone."""
+from collections import OrderedDict
+
+import torch
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from .diffir_s1_model import DiffIRS1Model
+
+
+@MODEL_REGISTRY.register()
+class DiffIRS2Model(DiffIRS1Model):
+    """DiffIRS2 trained against a frozen DiffIRS1 (``network_S1``, ``path.pretrain_network_S1``).
+
+    * The target IPR comes from the frozen stage-one CPEN, ``net_g_S1.E(lq, gt)``, computed without
+      gradients (the official code keeps autograd on for it, which only costs memory).
+    * The DIRformer starts from the stage-one weights: ``path.pretrain_network_g`` = the S1 file with
+      ``strict_load_g: false`` loads its ``G.*`` keys, as the official configs do.
+    * Encoder phase (``current_iter < train.encoder_iter``): only CPEN_S2 + denoiser run and train, on
+      the IPR loss, with their own optimiser (``optimizer_e``). Joint phase: everything trains on the
+      restoration loss + IPR loss with ``optimizer_g``. The two optimisers keep separate Adam moments,
+      as in the official code.
+    * Optional manual LR override (official RealSR / deblurring S2): when ``train.lr_encoder`` is set,
+      ``lr_e = lr_encoder * gamma_encoder ** (iter // lr_decay_encoder)`` in the encoder phase and
+      ``lr_g = lr_sr * gamma_sr ** ((iter - encoder_iter) // lr_decay_sr)`` afterwards; it replaces the
+      scheduler's value for that optimiser.
+    """
+
+    def __init__(self, opt):
+        train_opt = opt.get("train", {})
+        if opt.get("dist") and train_opt.get("encoder_iter", 0) > 0:
+            opt["find_unused_parameters"] = True  # the encoder phase leaves the DIRformer unused
+        self.encoder_iter = int(train_opt.get("encoder_iter", 0))
+        self.net_g_S1 = None
+        super().__init__(opt)
+
+    def init_training_settings(self):
+        self.net_g_S1 = self._build_frozen_stage_one()
+        super().init_training_settings()
+        kd_opt = self.opt["train"].get("kd_opt")
+        if not kd_opt:
+            raise ValueError("stage two needs train.kd_opt (type: KDLoss) for the IPR loss")
+        self.cri_kd = build_loss(kd_opt).to(self.device)
+
+    def _build_frozen_stage_one(self):
+        if "network_S1" not in self.opt:
+            raise ValueError("stage two needs network_S1 (the stage-one network options)")
+        load_path = self.opt["path"].get("pretrain_network_S1")
+        if not load_path:
+            raise ValueError("stage two needs path.pretrain_network_S1: the trained stage-one checkpoint")
+        net = build_network(self.opt["network_S1"]).to(self.device)
+        self.load_network(net, load_path, True, self.opt["path"].get("param_key_S1", "params_ema"))
+        net.eval().requires_grad_(False)
+        return net
+
+    def setup_optimizers(self):
+        super().setup_optimizers()
+        optim_opt = dict(self.opt["train"]["optim_g"])
+        optim_type = optim_opt.pop("type", "Adam")
+        estimator = [p for name, p in self.get_bare_model(self.net_g).named_parameters()
+                     if name.startswith(("condition.", "denoise."))]
+        self.optimizer_e = self.get_optimizer(optim_type, estimator, **optim_opt)
+        self.optimizers.append(self.optimizer_e)
+
+    def in_encoder_phase(self, current_iter):
+        return current_iter < self.encoder_iter
+
+    def optimizer_for(self, current_iter):
+        return self.optimizer_e if self.in_encoder_phase(current_iter) else self.optimizer_g
+
+    def update_learning_rate(self, current_iter, warmup_iter=-1):
+        super().update_learning_rate(current_iter, warmup_iter)
+        train_opt = self.opt["train"]
+        if train_opt.get("lr_encoder") is None:
+            return
+        if self.in_encoder_phase(current_iter):
+            optimizer = self.optimizer_e
+            lr = train_opt["lr_encoder"] * train_opt["gamma_encoder"] ** (current_iter // train_opt["lr_decay_encoder"])
+        else:
+            optimizer = self.optimizer_g
+            steps = (current_iter - self.encoder_iter) // train_opt["lr_decay_sr"]
+            lr = train_opt["lr_sr"] * train_opt["gamma_sr"] ** steps
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+
+    def target_ipr(self, lq, gt):
+        with torch.no_grad():
+            return self.net_g_S1.E(lq, gt)
+
+    def compute_losses(self, batch, current_iter):
+        gt = batch.get("gt_usm", batch["gt"]) if self.opt.get("l1_gt_usm") else batch["gt"]
+        ipr_s1 = self.target_ipr(batch["lq"], gt)
+        loss_dict = OrderedDict()
+        if self.in_encoder_phase(current_iter):
+            ipr_s2, _ = self.net_g(batch["lq"], ipr_s1, ipr_only=True)
+            loss_dict["l_kd"], loss_dict["l_ipr"] = self.cri_kd(ipr_s2, ipr_s1)
+            return loss_dict["l_ipr"], loss_dict, None
+        output, iprs = self.net_g(batch["lq"], ipr_s1)
+        loss_dict["l_kd"], loss_dict["l_ipr"] = self.cri_kd(iprs[-1], ipr_s1)
+        percep_gt = batch.get("gt_usm", batch["gt"]) if self.opt.get("percep_gt_usm") else batch["gt"]
+        l_total, loss_dict, output = self.restoration_losses(output, gt, loss_dict, percep_gt=percep_gt)
+        return l_total + loss_dict["l_ipr"], loss_dict, output
+
+    def run_network_eval(self, net, lq):
+        generator = torch.Generator(device=lq.device).manual_seed(int(self.opt.get("val", {}).get("seed", 0)))
+        return net(lq, generator=generator)

@@ -1,0 +1,126 @@
+"""Reading basicsr-style YAML option files, with distributed setup that also works on CPU.
+
+basicsr's ``parse_options`` initialises DDP with NCCL and ``torch.cuda.set_device`` only, so a
+CPU (gloo) run under torchrun cannot start; this module keeps its option layout and conventions
+(``-opt``, ``--launcher``, ``--auto_resume``, ``--force_yml``, ``experiments/<name>/...``) and
+chooses the backend from the machine (``dist_params.backend`` overrides it).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import random
+
+import torch
+import torch.distributed as dist
+import yaml
+from basicsr.utils import set_random_seed
+from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+
+REQUIRED_KEYS = {True: ("name", "model_type", "datasets", "network_g", "path", "train"),
+                 False: ("name", "model_type", "datasets", "network_g")}
+
+
+def build_arg_parser(is_train: bool) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=f"diffir {'training' if is_train else 'testing'} from a YAML file")
+    parser.add_argument("-opt", required=True, help="path to the option YAML file")
+    parser.add_argument("--launcher", choices=["none", "pytorch"], default="none",
+                        help="'pytorch' under torchrun for DDP (NCCL on GPUs, gloo on CPU)")
+    parser.add_argument("--auto_resume", action="store_true", help="continue from the newest training state")
+    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
+    parser.add_argument("--force_yml", nargs="+", default=None, help="override options, e.g. train:total_iter=10")
+    parser.add_argument("--root", default=None, help="folder for experiments/ and results/ (default: cwd)")
+    return parser
+
+
+def load_yaml(path: str) -> dict:
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"option file not found: {path}")
+    with open(path) as f:
+        opt = yaml.load(f, Loader=ordered_yaml()[0])
+    if not isinstance(opt, dict):
+        raise ValueError(f"option file {path} does not hold a mapping of options")
+    return opt
+
+
+def init_distributed(opt: dict) -> None:
+    backend = (opt.get("dist_params") or {}).get("backend")
+    use_cuda = torch.cuda.is_available() and opt.get("num_gpu", 0) != 0
+    if backend is None or (backend == "nccl" and not use_cuda):
+        backend = "nccl" if use_cuda else "gloo"
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
+    if not dist.is_initialized():
+        dist.init_process_group(backend=backend)
+
+
+def set_override(opt: dict, entry: str) -> None:
+    """Apply ``a:b:c=value`` to an existing key of ``opt``."""
+    keys, _, value = entry.partition("=")
+    *parents, leaf = [k.strip() for k in keys.split(":")]
+    node = opt
+    for key in parents:
+        if not isinstance(node, dict) or key not in node:
+            raise KeyError(f"--force_yml {entry!r}: no option {keys.strip()!r}")
+        node = node[key]
+    node[leaf] = _postprocess_yml_value(value.strip())
+
+
+def parse_options(is_train: bool, argv=None) -> tuple[dict, argparse.Namespace]:
+    args = build_arg_parser(is_train).parse_args(argv)
+    opt = load_yaml(args.opt)
+    missing = [k for k in REQUIRED_KEYS[is_train] if k not in opt]
+    if missing:
+        raise ValueError(f"{args.opt}: missing top-level option(s) {missing}")
+    for entry in args.force_yml or ():
+        set_override(opt, entry)
+
+    if opt.get("num_gpu", 0) == "auto":
+        opt["num_gpu"] = torch.cuda.device_count()
+    opt.setdefault("num_gpu", 0)
+    if opt["num_gpu"] and not torch.cuda.is_available():
+        raise ValueError(f"{args.opt}: num_gpu is {opt['num_gpu']} but no CUDA device is available; "
+                         f"set num_gpu: 0 (CPU) or auto")
+    opt["dist"] = args.launcher != "none"
+    if opt["dist"]:
+        init_distributed(opt)
+        opt["rank"], opt["world_size"] = dist.get_rank(), dist.get_world_size()
+    else:
+        opt["rank"], opt["world_size"] = 0, 1
+
+    seed = opt.get("manual_seed")
+    if seed is None:
+        opt["manual_seed"] = seed = random.randint(1, 10000)
+    set_random_seed(seed + opt["rank"])
+
+    opt["auto_resume"] = args.auto_resume
+    opt["is_train"] = is_train
+    if args.debug and not opt["name"].startswith("debug"):
+        opt["name"] = "debug_" + opt["name"]
+
+    for phase, dataset in opt["datasets"].items():
+        dataset["phase"] = phase.split("_")[0]
+        if "scale" in opt:
+            dataset["scale"] = opt["scale"]
+        for key in ("dataroot_gt", "dataroot_lq"):
+            if dataset.get(key) is not None:
+                dataset[key] = osp.expanduser(dataset[key])
+
+    opt.setdefault("path", {})
+    for key, val in opt["path"].items():
+        if val is not None and ("resume_state" in key or "pretrain_network" in key):
+            opt["path"][key] = osp.expanduser(val)
+
+    root = osp.abspath(args.root or os.getcwd())
+    opt["root_path"] = root
+    if is_train:
+        exp = osp.join(root, "experiments", opt["name"])
+        opt["path"].update(experiments_root=exp, models=osp.join(exp, "models"),
+                           training_states=osp.join(exp, "training_states"), log=exp,
+                           visualization=osp.join(exp, "visualization"))
+    else:
+        results = osp.join(root, "results", opt["name"])
+        opt["path"].update(results_root=results, log=results, visualization=osp.join(results, "visualization"))
+    return opt, args

@@ -1,0 +1,170 @@
+"""The training loop behind ``train.py``: basicsr's pipeline, made device-agnostic and resumable.
+
+Differences from ``basicsr.train.train_pipeline``: datasets are checked before anything starts
+(clear errors for missing folders, mismatched pairs, wrong sizes, unreadable files); CPU and gloo
+DDP work; resuming loads training states on the model's device and never renames or archives the
+experiment folder; the deblurring progressive patch/batch schedule is applied to each batch.
+"""
+from __future__ import annotations
+
+import datetime
+import logging
+import math
+import os
+import os.path as osp
+import time
+
+import torch
+from basicsr.data import build_dataloader, build_dataset
+from basicsr.data.data_sampler import EnlargedSampler
+from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
+from basicsr.models import build_model
+from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, init_tb_logger,
+                           make_exp_dirs, scandir)
+from basicsr.utils.options import copy_opt_file, dict2str
+
+from .data.checks import check_dataset_options
+from .data.progressive import ProgressiveSchedule
+from .options import parse_options
+
+
+def find_resume_state(opt: dict) -> str | None:
+    if opt["auto_resume"]:
+        folder = opt["path"]["training_states"]
+        if osp.isdir(folder):
+            states = [int(name[: -len(".state")]) for name in scandir(folder, suffix=".state")
+                      if name[: -len(".state")].isdigit()]
+            if states:
+                return osp.join(folder, f"{max(states)}.state")
+        return None
+    return opt["path"].get("resume_state")
+
+
+def load_resume_state(path: str | None):
+    if path is None:
+        return None
+    if not osp.isfile(path):
+        raise FileNotFoundError(f"path.resume_state: no training state at {path}")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def create_dataloaders(opt: dict, logger):
+    train_loader = train_sampler = None
+    val_loaders = []
+    for phase, dataset_opt in opt["datasets"].items():
+        if phase == "train":
+            enlarge = dataset_opt.get("dataset_enlarge_ratio", 1)
+            train_set = build_dataset(dataset_opt)
+            train_sampler = EnlargedSampler(train_set, opt["world_size"], opt["rank"], enlarge)
+            train_loader = build_dataloader(train_set, dataset_opt, num_gpu=opt["num_gpu"], dist=opt["dist"],
+                                            sampler=train_sampler, seed=opt["manual_seed"])
+            iters_per_epoch = math.ceil(len(train_set) * enlarge / (dataset_opt["batch_size_per_gpu"] * opt["world_size"]))
+            logger.info(f"{len(train_set)} training images, batch {dataset_opt['batch_size_per_gpu']} per process "
+                        f"x {opt['world_size']} processes, {iters_per_epoch} iterations per epoch")
+        elif phase.split("_")[0] == "val":
+            val_set = build_dataset(dataset_opt)
+            val_loaders.append(build_dataloader(val_set, dataset_opt, num_gpu=opt["num_gpu"], dist=opt["dist"],
+                                                sampler=None, seed=opt["manual_seed"]))
+            logger.info(f"{len(val_set)} validation images in {dataset_opt['name']}")
+        else:
+            raise ValueError(f"datasets.{phase}: phase must be 'train' or start with 'val'")
+    if train_loader is None:
+        raise ValueError("datasets.train is missing")
+    total_iters = int(opt["train"]["total_iter"])
+    total_epochs = math.ceil(total_iters / max(1, len(train_loader)))
+    return train_loader, train_sampler, val_loaders, total_epochs, total_iters
+
+
+def make_prefetcher(opt: dict, train_loader):
+    mode = opt["datasets"]["train"].get("prefetch_mode")
+    if mode in (None, "cpu"):
+        return CPUPrefetcher(train_loader)
+    if mode == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("datasets.train.prefetch_mode 'cuda' needs a GPU")
+        return CUDAPrefetcher(train_loader, opt)
+    raise ValueError(f"datasets.train.prefetch_mode must be ~, 'cpu' or 'cuda', got {mode!r}")
+
+
+def train_pipeline(argv=None) -> str:
+    """Run training from the command line arguments; returns the experiment folder."""
+    opt, args = parse_options(is_train=True, argv=argv)
+    for phase, dataset_opt in opt["datasets"].items():
+        check_dataset_options(dataset_opt, opt.get("scale", 1), phase.split("_")[0])
+
+    resume_path = find_resume_state(opt)
+    resume_state = load_resume_state(resume_path)
+    if resume_state is None and not opt["auto_resume"]:
+        make_exp_dirs(opt)  # a fresh run archives an existing folder of the same name, as basicsr does
+    elif opt["rank"] == 0:
+        for key in ("experiments_root", "models", "training_states", "visualization"):
+            os.makedirs(opt["path"][key], exist_ok=True)
+    if opt["rank"] == 0:
+        copy_opt_file(args.opt, opt["path"]["experiments_root"])
+    if opt["dist"]:
+        torch.distributed.barrier()
+
+    logger = get_root_logger(logger_name="basicsr", log_level=logging.INFO,
+                             log_file=osp.join(opt["path"]["log"], f"train_{opt['name']}_{get_time_str()}.log"))
+    logger.info(get_env_info())
+    logger.info(dict2str(opt))
+    tb_logger = None
+    if opt["logger"].get("use_tb_logger") and "debug" not in opt["name"] and opt["rank"] == 0:
+        tb_logger = init_tb_logger(log_dir=osp.join(opt["root_path"], "tb_logger", opt["name"]))
+
+    train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_dataloaders(opt, logger)
+    model = build_model(opt)
+    start_epoch = current_iter = 0
+    if resume_state is not None:
+        model.resume_training(resume_state)
+        start_epoch, current_iter = resume_state["epoch"], resume_state["iter"]
+        model.last_saved_state = resume_path
+        logger.info(f"resumed from {resume_path}: epoch {start_epoch}, iter {current_iter}")
+
+    schedule = ProgressiveSchedule.from_dataset_options(opt["datasets"]["train"])
+    msg_logger = MessageLogger(opt, current_iter, tb_logger)
+    prefetcher = make_prefetcher(opt, train_loader)
+    data_timer, iter_timer = AvgTimer(), AvgTimer()
+    start_time = time.time()
+    logger.info(f"start training from epoch {start_epoch}, iter {current_iter}")
+
+    epoch = start_epoch
+    while current_iter < total_iters:
+        train_sampler.set_epoch(epoch)
+        prefetcher.reset()
+        train_data = prefetcher.next()
+        while train_data is not None and current_iter < total_iters:
+            data_timer.record()
+            current_iter += 1
+            model.update_learning_rate(current_iter, warmup_iter=opt["train"].get("warmup_iter", -1))
+            if schedule is not None:
+                train_data = schedule.apply(train_data, current_iter, opt.get("scale", 1))
+            model.feed_data(train_data)
+            model.optimize_parameters(current_iter)
+            iter_timer.record()
+            if current_iter == 1:
+                msg_logger.reset_start_time()
+            if current_iter % opt["logger"]["print_freq"] == 0:
+                log_vars = {"epoch": epoch, "iter": current_iter, "lrs": model.get_current_learning_rate(),
+                            "time": iter_timer.get_avg_time(), "data_time": data_timer.get_avg_time()}
+                log_vars.update(model.get_current_log())
+                msg_logger(log_vars)
+            if current_iter % opt["logger"]["save_checkpoint_freq"] == 0:
+                logger.info("saving models and training state")
+                model.save(epoch, current_iter)
+            if opt.get("val") is not None and current_iter % opt["val"]["val_freq"] == 0:
+                for val_loader in val_loaders:
+                    model.validation(val_loader, current_iter, tb_logger, opt["val"].get("save_img", False))
+            data_timer.start()
+            iter_timer.start()
+            train_data = prefetcher.next()
+        epoch += 1
+
+    logger.info(f"end of training, time consumed {datetime.timedelta(seconds=int(time.time() - start_time))}")
+    model.save(epoch=-1, current_iter=-1)
+    if opt.get("val") is not None and current_iter % opt["val"]["val_freq"] != 0:
+        for val_loader in val_loaders:
+            model.validation(val_loader, current_iter, tb_logger, opt["val"].get("save_img", False))
+    if tb_logger:
+        tb_logger.close()
+    return opt["path"]["experiments_root"]

@@ -1,0 +1,11 @@
+"""Train a diffir model from a YAML option file.
+
+    python train.py -opt options/demo/train_demo_DiffIRS1_x4.yml
+    torchrun --nproc_per_node=2 train.py -opt X.yml --launcher pytorch   # DDP (NCCL on GPUs, gloo on CPU)
+    python train.py -opt X.yml --auto_resume                             # continue from the newest state
+"""
+import diffir  # noqa: F401  (registers archs/models/losses/datasets; must precede basicsr imports)
+from diffir.train_pipeline import train_pipeline
+
+if __name__ == "__main__":
+    train_pipeline()
