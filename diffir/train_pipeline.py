@@ -121,7 +121,7 @@ def train_pipeline(argv=None) -> str:
         model.last_saved_state = resume_path
         logger.info(f"resumed from {resume_path}: epoch {start_epoch}, iter {current_iter}")
 
-    schedule = ProgressiveSchedule.from_dataset_options(opt["datasets"]["train"])
+    schedule = ProgressiveSchedule.from_options(opt["datasets"]["train"], opt.get("scale", 1))
     msg_logger = MessageLogger(opt, current_iter, tb_logger)
     prefetcher = make_prefetcher(opt, train_loader)
     data_timer, iter_timer = AvgTimer(), AvgTimer()
@@ -138,7 +138,7 @@ def train_pipeline(argv=None) -> str:
             current_iter += 1
             model.update_learning_rate(current_iter, warmup_iter=opt["train"].get("warmup_iter", -1))
             if schedule is not None:
-                train_data = schedule.apply(train_data, current_iter, opt.get("scale", 1))
+                train_data["lq"], train_data["gt"] = schedule.crop(train_data["lq"], train_data["gt"], current_iter)
             model.feed_data(train_data)
             model.optimize_parameters(current_iter)
             iter_timer.record()

@@ -1,0 +1,174 @@
+"""Prepare training and test folders in the layout diffir's option files expect (docs/datasets.md).
+
+Sub-commands:
+
+  bicubic    LR images by MATLAB-style bicubic downsampling (HR mod-cropped to the scale first),
+             same file names as the HR images
+  subimages  overlapping crops of large images for fast loading (BasicSR's naming: NAME_s001.png ...)
+  meta       a meta-info file listing images relative to a root folder (RealESRGANDataset's meta_info)
+  gopro      GoPro training patches (512 x 512, overlap 256) and the 256 x 256 centre-crop validation set
+
+Every image is written to a temporary file and renamed, so an interrupted run leaves no partial files.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import cv2
+import numpy as np
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+import diffir  # noqa: E402,F401  (basicsr compatibility alias before basicsr imports)
+from basicsr.utils import scandir  # noqa: E402
+
+from diffir.data.hr_bicubic_dataset import bicubic_downsample  # noqa: E402
+
+
+def write_image(path: str, img: np.ndarray) -> None:
+    folder, name = osp.split(path)
+    tmp = osp.join(folder, f".tmp-{os.getpid()}-{name}")
+    if not cv2.imwrite(tmp, img):
+        raise OSError(f"could not write {path}")
+    os.replace(tmp, path)
+
+
+def read_image(path: str) -> np.ndarray:
+    img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise OSError(f"cannot read image {path}")
+    return img
+
+
+def images_in(folder: str) -> list[str]:
+    if not osp.isdir(folder):
+        raise SystemExit(f"input folder {folder} does not exist")
+    return sorted(osp.join(folder, name) for name in scandir(folder))
+
+
+def run_all(function, jobs: list[tuple], workers: int) -> None:
+    if workers <= 1:
+        for job in jobs:
+            function(*job)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        list(pool.map(function, *zip(*jobs)))  # list(): a worker's error is raised here
+
+
+# ---------------------------------------------------------------------------------------- bicubic
+def bicubic_one(hr_path: str, out_dir: str, scale: int) -> None:
+    img = read_image(hr_path)
+    img = img[: img.shape[0] - img.shape[0] % scale, : img.shape[1] - img.shape[1] % scale]
+    lr = bicubic_downsample(img.astype(np.float32) / 255.0, scale)
+    name = osp.splitext(osp.basename(hr_path))[0] + ".png"
+    write_image(osp.join(out_dir, name), np.round(lr * 255).astype(np.uint8))
+
+
+# -------------------------------------------------------------------------------------- subimages
+def crop_starts(length: int, crop: int, step: int) -> list[int]:
+    """Window starts every ``step`` pixels, plus one flush with the far edge if the last falls short."""
+    if length < crop:
+        return []
+    starts = list(range(0, length - crop + 1, step))
+    if starts[-1] != length - crop:
+        starts.append(length - crop)
+    return starts
+
+
+def subimages_one(path: str, out_dir: str, crop: int, step: int) -> None:
+    img = read_image(path)
+    stem, ext = osp.splitext(osp.basename(path))
+    index = 0
+    for top in crop_starts(img.shape[0], crop, step):
+        for left in crop_starts(img.shape[1], crop, step):
+            index += 1
+            write_image(osp.join(out_dir, f"{stem}_s{index:03d}{ext}"), img[top:top + crop, left:left + crop])
+
+
+# ------------------------------------------------------------------------------------------ gopro
+def gopro_train_one(blur_path: str, sharp_path: str, out_root: str, patch: int, overlap: int) -> None:
+    blur, sharp = read_image(blur_path), read_image(sharp_path)
+    if blur.shape != sharp.shape:
+        raise ValueError(f"{blur_path} and {sharp_path} differ in size: {blur.shape} vs {sharp.shape}")
+    stem = osp.splitext(osp.basename(blur_path))[0]
+    index = 0
+    for top in crop_starts(blur.shape[0], patch, patch - overlap):
+        for left in crop_starts(blur.shape[1], patch, patch - overlap):
+            index += 1
+            window = (slice(top, top + patch), slice(left, left + patch))
+            write_image(osp.join(out_root, "input_crops", f"{stem}-{index}.png"), blur[window])
+            write_image(osp.join(out_root, "target_crops", f"{stem}-{index}.png"), sharp[window])
+
+
+def gopro_val_one(blur_path: str, sharp_path: str, out_root: str, size: int) -> None:
+    blur, sharp = read_image(blur_path), read_image(sharp_path)
+    top, left = (blur.shape[0] - size) // 2, (blur.shape[1] - size) // 2
+    window = (slice(top, top + size), slice(left, left + size))
+    name = osp.splitext(osp.basename(blur_path))[0] + ".png"
+    write_image(osp.join(out_root, "input_crops", name), blur[window])
+    write_image(osp.join(out_root, "target_crops", name), sharp[window])
+
+
+def paired_files(root: str) -> list[tuple[str, str]]:
+    inputs, targets = images_in(osp.join(root, "input")), images_in(osp.join(root, "target"))
+    if [osp.basename(p) for p in inputs] != [osp.basename(p) for p in targets]:
+        raise SystemExit(f"{root}/input and {root}/target must hold the same file names")
+    return list(zip(inputs, targets))
+
+
+# ------------------------------------------------------------------------------------------- main
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workers", type=int, default=os.cpu_count())
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("bicubic")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--scale", type=int, required=True)
+    p = commands.add_parser("subimages")
+    p.add_argument("--input", required=True)
+    p.add_argument("--output", required=True)
+    p.add_argument("--crop", type=int, required=True)
+    p.add_argument("--step", type=int, required=True)
+    p = commands.add_parser("meta")
+    p.add_argument("--root", required=True, help="the dataset's dataroot_gt")
+    p.add_argument("--folders", nargs="+", required=True, help="sub-folders of --root to list")
+    p.add_argument("--output", required=True)
+    p = commands.add_parser("gopro")
+    p.add_argument("--train", required=True, help="folder with input/ (blurry) and target/ (sharp) training images")
+    p.add_argument("--test", required=True, help="GoPro test folder with input/ and target/")
+    p.add_argument("--output", required=True, help="gets train_crops/ and val/")
+    p.add_argument("--patch", type=int, default=512)
+    p.add_argument("--overlap", type=int, default=256)
+    p.add_argument("--val_size", type=int, default=256)
+    args = parser.parse_args(argv)
+
+    if args.command == "bicubic":
+        os.makedirs(args.output, exist_ok=True)
+        run_all(bicubic_one, [(p, args.output, args.scale) for p in images_in(args.input)], args.workers)
+    elif args.command == "subimages":
+        os.makedirs(args.output, exist_ok=True)
+        run_all(subimages_one, [(p, args.output, args.crop, args.step) for p in images_in(args.input)], args.workers)
+    elif args.command == "meta":
+        lines = [osp.join(folder, name) for folder in args.folders
+                 for name in sorted(scandir(osp.join(args.root, folder)))]
+        os.makedirs(osp.dirname(osp.abspath(args.output)), exist_ok=True)
+        tmp = f"{args.output}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write("".join(f"{line}\n" for line in lines))
+        os.replace(tmp, args.output)
+    else:
+        train_out, val_out = osp.join(args.output, "train_crops"), osp.join(args.output, "val")
+        for folder in (train_out, val_out):
+            for sub in ("input_crops", "target_crops"):
+                os.makedirs(osp.join(folder, sub), exist_ok=True)
+        run_all(gopro_train_one, [(b, s, train_out, args.patch, args.overlap) for b, s in paired_files(args.train)],
+                args.workers)
+        run_all(gopro_val_one, [(b, s, val_out, args.val_size) for b, s in paired_files(args.test)], args.workers)
+
+
+if __name__ == "__main__":
+    main()

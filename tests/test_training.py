@@ -1,0 +1,203 @@
+"""Two-stage training end to end on tiny networks and the bundled photos (CPU)."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from basicsr.models import build_model
+
+from diffir.models.base import NonFiniteLossError
+from basicsr.utils.options import ordered_yaml
+
+from diffir.options import load_yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = REPO / "options" / "demo"
+TINY_NET = dict(n_encoder_res=1, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2])
+
+
+@pytest.fixture()
+def workdir(tmp_path, monkeypatch):
+    """A run folder with two photos for training and one for validation."""
+    for split, names in (("train", ["fig_bowl", "forest_stream"]), ("val", ["dandelion_field"])):
+        (tmp_path / "demo_data" / split).mkdir(parents=True)
+        for name in names:
+            shutil.copy(REPO / "demo_data" / split / f"{name}.png", tmp_path / "demo_data" / split)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write_options(workdir, stage, **train_overrides):
+    opt = load_yaml(str(DEMO / f"train_demo_DiffIRS{stage}_x4.yml"))
+    for key in ("network_g", "network_S1"):
+        if key in opt:
+            opt[key].update(TINY_NET)
+    opt["datasets"]["train"].update(gt_size=32, batch_size_per_gpu=4, num_worker_per_gpu=0, dataset_enlarge_ratio=10)
+    opt["train"].update(total_iter=6, **train_overrides)
+    opt["val"]["val_freq"] = 1000
+    opt["logger"].update(print_freq=1, save_checkpoint_freq=2, use_tb_logger=False)
+    path = workdir / f"s{stage}.yml"
+    path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
+    return path, opt
+
+
+def run_train(args):
+    from diffir.train_pipeline import train_pipeline
+    return Path(train_pipeline(args))
+
+
+def model_from(opt_path):
+    from diffir.options import parse_options
+    opt, _ = parse_options(is_train=True, argv=["-opt", str(opt_path)])
+    return build_model(opt)
+
+
+def fixed_batch(scale=4, size=16):
+    torch.manual_seed(0)
+    gt = torch.rand(4, 3, size * scale, size * scale)
+    lq = torch.nn.functional.avg_pool2d(gt, scale)
+    return {"lq": lq, "gt": gt}
+
+
+def test_stage_one_loss_falls(workdir):
+    opt_path, _ = write_options(workdir, 1)
+    model = model_from(opt_path)
+    batch = fixed_batch()
+    losses = []
+    for it in range(1, 41):
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+        losses.append(model.get_current_log()["l_pix"])
+    assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
+
+
+def test_pipeline_stage_one_then_two_then_test(workdir):
+    s1_opt, _ = write_options(workdir, 1)
+    exp1 = run_train(["-opt", str(s1_opt)])
+    s1_ckpt = exp1 / "models" / "net_g_latest.pth"
+    saved = torch.load(s1_ckpt, weights_only=True)
+    assert set(saved) == {"params", "params_ema"}
+    assert all(k.startswith(("G.", "E.")) for k in saved["params"])
+
+    s2_opt, opt = write_options(workdir, 2, encoder_iter=4)
+    opt["path"].update(pretrain_network_g=str(s1_ckpt), pretrain_network_S1=str(s1_ckpt))
+    s2_opt.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
+    model = model_from(s2_opt)
+    # the DIRformer starts from stage one; stage one is frozen
+    assert torch.equal(model.net_g.G.patch_embed.proj.weight, saved["params_ema"]["G.patch_embed.proj.weight"])
+    assert not any(p.requires_grad for p in model.net_g_S1.parameters())
+
+    batch = fixed_batch()
+    g_before = model.net_g.G.patch_embed.proj.weight.clone()
+    ipr_losses = []
+    for it in range(1, 4):  # encoder phase: only CPEN_S2 + denoiser change
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+        ipr_losses.append(model.get_current_log()["l_ipr"])
+    assert torch.equal(model.net_g.G.patch_embed.proj.weight, g_before)
+    for it in range(4, 40):  # joint phase
+        model.feed_data(batch)
+        model.optimize_parameters(it)
+        ipr_losses.append(model.get_current_log()["l_ipr"])
+        assert "l_pix" in model.get_current_log()
+    assert not torch.equal(model.net_g.G.patch_embed.proj.weight, g_before)
+    assert sum(ipr_losses[-5:]) / 5 < sum(ipr_losses[:3]) / 3, ipr_losses
+
+    exp2 = run_train(["-opt", str(s2_opt)])
+    s2_ckpt = exp2 / "models" / "net_g_latest.pth"
+    assert all(k.startswith(("G.", "condition.", "denoise.", "diffusion.")) for k in torch.load(s2_ckpt)["params"])
+
+    test_opt = load_yaml(str(DEMO / "test_demo_DiffIRS2_x4.yml"))
+    test_opt["network_g"].update(TINY_NET)
+    test_opt["path"]["pretrain_network_g"] = str(s2_ckpt)
+    test_opt["datasets"]["test_2"] = {"name": "LQOnly", "type": "SingleImageDataset", "dataroot_lq": "lq_only",
+                                      "io_backend": {"type": "disk"}}
+    (workdir / "lq_only").mkdir()
+    shutil.copy(workdir / "demo_data" / "val" / "dandelion_field.png", workdir / "lq_only" / "small.png")
+    (workdir / "test.yml").write_text(yaml.dump(test_opt, Dumper=ordered_yaml()[1]))
+    from diffir.test_pipeline import test_pipeline
+    results = Path(test_pipeline(["-opt", str(workdir / "test.yml")]))
+    assert (results / "visualization" / "DemoHeldOut" / "dandelion_field_demo_DiffIRS2_x4.png").is_file()
+    assert (results / "visualization" / "LQOnly" / "small_demo_DiffIRS2_x4.png").is_file()
+    log = next(results.glob("test_*.log")).read_text()
+    assert "Validation DemoHeldOut" in log and "# psnr:" in log and "# ssim:" in log
+    assert "LQOnly: no ground truth, saving outputs only" in log
+
+
+def test_resume_continues_at_the_same_iteration(workdir):
+    opt_path, _ = write_options(workdir, 1)
+    exp = run_train(["-opt", str(opt_path), "--force_yml", "train:total_iter=4"])
+    state = torch.load(exp / "training_states" / "4.state", weights_only=False)
+    assert state["iter"] == 4 and set(state["networks"]) == {"net_g", "net_g_ema"}
+    assert not list(exp.parent.glob("*archived*"))
+
+    # a partial write left by a kill never counts: only complete *.state files are candidates
+    (exp / "training_states" / "6.state.tmp123").write_bytes(b"garbage")
+    model = model_from(opt_path)
+    model.resume_training(state)
+    assert torch.equal(model.net_g_ema.G.patch_embed.proj.weight, state["networks"]["net_g_ema"]["G.patch_embed.proj.weight"])
+    assert model.optimizer_g.state_dict()["state"][0]["step"] == 4
+
+    run_train(["-opt", str(opt_path), "--auto_resume"])
+    log = sorted(exp.glob("train_*.log"))[-1].read_text()
+    assert f"resumed from {exp / 'training_states' / '4.state'}: epoch" in log and "iter 4" in log
+    assert "iter:      5" in log and "iter:      1," not in log
+    assert (exp / "training_states" / "6.state").is_file()
+    assert not list(exp.parent.glob("*archived*"))
+
+
+def test_non_finite_loss_is_skipped_then_stops(workdir, monkeypatch):
+    opt_path, _ = write_options(workdir, 1, max_nonfinite_steps=3)
+    model = model_from(opt_path)
+    model.feed_data(fixed_batch())
+    before = model.net_g.G.patch_embed.proj.weight.clone()
+    original = model.compute_losses
+
+    def nan_losses(batch, it):
+        total, loss_dict, output = original(batch, it)
+        return total * float("nan"), loss_dict, output
+
+    monkeypatch.setattr(model, "compute_losses", nan_losses)
+    model.optimize_parameters(1)
+    model.optimize_parameters(2)
+    assert torch.equal(model.net_g.G.patch_embed.proj.weight, before)
+    with pytest.raises(NonFiniteLossError, match="3 non-finite losses in a row up to iter 3"):
+        model.optimize_parameters(3)
+
+
+def test_gradient_accumulation_matches_full_batch(workdir):
+    torch.manual_seed(0)
+    opt_path, _ = write_options(workdir, 1)
+    full = model_from(opt_path)
+    opt_path_acc, _ = write_options(workdir, 1, grad_accum_steps=2)
+    accumulated = model_from(opt_path_acc)
+    accumulated.net_g.load_state_dict(full.net_g.state_dict())
+    batch = fixed_batch()
+    for model in (full, accumulated):
+        model.feed_data(batch)
+        model.optimize_parameters(1)
+    for a, b in zip(full.net_g.parameters(), accumulated.net_g.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_missing_dataroot_is_reported_before_training(workdir):
+    opt_path, opt = write_options(workdir, 1)
+    opt["datasets"]["train"]["dataroot_gt"] = "no/such/folder"
+    opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
+    with pytest.raises(ValueError, match="no/such/folder"):
+        run_train(["-opt", str(opt_path)])
+    assert not (workdir / "experiments").exists()
+
+
+def test_two_process_cpu_ddp(workdir):
+    opt_path, _ = write_options(workdir, 1)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+           str(REPO / "train.py"), "-opt", str(opt_path), "--launcher", "pytorch", "--force_yml", "train:total_iter=3"]
+    done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (workdir / "experiments" / "demo_DiffIRS1_x4" / "models" / "net_g_latest.pth").is_file()
