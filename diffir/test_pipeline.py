@@ -39,7 +39,8 @@ def test_pipeline(argv=None) -> str:
         logger.info(f"{len(test_set)} test images in {dataset_opt['name']}")
 
     model = build_model(opt)
-    val_opt = opt.setdefault("val", {})
+    val_opt = model.opt.setdefault("val", {})  # build_model keeps its own copy of the options
+    val_opt.setdefault("suffix", None)
     all_metrics = copy.deepcopy(val_opt.get("metrics"))
     for dataset_opt, loader in loaders:
         has_gt = dataset_opt.get("dataroot_gt") is not None
