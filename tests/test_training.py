@@ -217,3 +217,41 @@ def test_two_process_cpu_ddp(workdir):
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert (workdir / "experiments" / "demo_DiffIRS1_x4" / "models" / "net_g_latest.pth").is_file()
+
+
+def test_gan_stage_two_trains_generator_and_discriminator(workdir):
+    s1_opt, _ = write_options(workdir, 1)
+    s1_ckpt = run_train(["-opt", str(s1_opt), "--force_yml", "train:total_iter=2"]) / "models" / "net_g_latest.pth"
+    s2_opt, opt = write_options(workdir, 2)
+    opt["model_type"] = "DiffIRGANS2Model"
+    opt["path"].update(pretrain_network_g=str(s1_ckpt), pretrain_network_S1=str(s1_ckpt))
+    opt["network_d"] = {"type": "UNetDiscriminatorSN", "num_in_ch": 3, "num_feat": 8, "skip_connection": True}
+    opt["train"].update(encoder_iter=0, optim_d={"type": "Adam", "lr": 1e-4, "betas": [0.9, 0.99]},
+                        gan_opt={"type": "GANLoss", "gan_type": "vanilla", "loss_weight": 0.1})
+    s2_opt.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
+    model = model_from(s2_opt)
+    d_before = [p.clone() for p in model.net_d.parameters()]
+    for it in range(1, 3):
+        model.feed_data(fixed_batch())
+        model.optimize_parameters(it)
+    log = model.get_current_log()
+    assert {"l_pix", "l_ipr", "l_g_gan", "l_d_real", "l_d_fake"} <= set(log)
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, model.net_d.parameters()))
+    assert "net_d" in model.networks_to_save()
+
+
+def test_perceptual_loss_without_vgg_weights_names_the_file(workdir, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(workdir / "empty_hub"))
+    opt_path, opt = write_options(workdir, 1)
+    opt["train"]["perceptual_opt"] = {"type": "PerceptualLoss", "layer_weights": {"conv5_4": 1.0}}
+    opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
+    with pytest.raises(FileNotFoundError, match="vgg19-dcbb9e9d.pth"):
+        model_from(opt_path)
+
+
+def test_bf16_autocast_step_runs_on_cpu(workdir):
+    opt_path, _ = write_options(workdir, 1, amp="bf16")
+    model = model_from(opt_path)
+    model.feed_data(fixed_batch())
+    model.optimize_parameters(1)
+    assert torch.isfinite(torch.tensor(model.get_current_log()["l_pix"]))

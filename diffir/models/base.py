@@ -61,6 +61,19 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
+def require_vgg_weights() -> None:
+    """basicsr's perceptual loss downloads VGG19 weights when its local copy is missing; say which file
+    to get instead of failing inside a download on an offline machine."""
+    from basicsr.archs.vgg_arch import VGG_PRETRAIN_PATH
+
+    cached = os.path.join(torch.hub.get_dir(), "checkpoints", "vgg19-dcbb9e9d.pth")
+    if not (os.path.isfile(VGG_PRETRAIN_PATH) or os.path.isfile(cached)):
+        raise FileNotFoundError(
+            f"train.perceptual_opt needs the ImageNet VGG19 weights: put vgg19-dcbb9e9d.pth "
+            f"(https://download.pytorch.org/models/vgg19-dcbb9e9d.pth) at {VGG_PRETRAIN_PATH} (relative to the "
+            f"run folder) or at {cached}")
+
+
 class DiffIRBaseModel(DiffLossMixin, SRModel):
     """SRModel with the shared training machinery described in the module docstring."""
 
@@ -93,6 +106,8 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         if amp not in (None, False, "bf16"):
             raise ValueError(f"train.amp must be 'bf16' or absent, got {amp!r}")
         self.amp_dtype = torch.bfloat16 if amp else None
+        if train_opt.get("perceptual_opt"):
+            require_vgg_weights()
         super().init_training_settings()
         self.init_diffloss(train_opt)
 

@@ -1,0 +1,202 @@
+"""DiffIR inpainting training: stage one and stage two with LaMa's losses, in the basicsr workflow.
+
+The official inpainting code trains inside LaMa's Lightning trainer; these models reproduce it on top
+of the generic DiffIR models (:class:`DiffIRS1Model`, :class:`DiffIRS2Model`):
+
+* input ``cat(image * (1 - mask), mask)`` from :class:`InpaintingDataset`, output composited as
+  ``mask * prediction + (1 - mask) * image`` for validation and saving (known pixels are kept exactly);
+* generator loss = masked L1 (``pixel_opt: MaskedL1Loss``) + optional basicsr ``perceptual_opt``
+  + non-saturating adversarial loss (``gan_opt: NonSaturatingR1Loss``) + discriminator feature matching
+  (``feature_matching_opt``) + optional ResNetPL (``resnet_pl_opt``) [+ stage two's IPR loss ``kd_opt``];
+  the losses and the discriminator see the raw prediction, as in the official code;
+* the discriminator (``network_d``: NLayerDiscriminator) is updated after every generator step with
+  its own optimiser (``optim_d``), on the same prediction (LaMa re-runs the updated generator for
+  that step; we reuse the prediction, saving a forward pass);
+* no EMA unless ``ema_decay`` is set (LaMa's generator averaging is off by default);
+* optional FID in validation: ``val.fid: {weights_path: ...}`` next to ``val.metrics``.
+
+Stage two: the DIRformer starts from the stage-one checkpoint (``pretrain_network_g`` with
+``strict_load_g: false``), the frozen stage-one CPEN gives the target IPR, and everything trains jointly
+(the official inpainting configs have no encoder phase; ``encoder_iter`` still works if set).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+
+import torch
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+from basicsr.utils import get_root_logger
+from basicsr.utils.registry import MODEL_REGISTRY
+
+from ..inpainting import composite
+from ..losses.inpainting_loss import MaskedL1Loss, NonSaturatingR1Loss
+from ..metrics.fid import FIDAccumulator, InceptionFeatures, check_weights_path
+from .diffir_s1_model import DiffIRS1Model
+from .diffir_s2_model import DiffIRS2Model
+
+
+class InpaintingTrainingMixin:
+    """What both inpainting stages add to the generic DiffIR models: masks, GAN losses, compositing, FID."""
+
+    batch_keys = ("lq", "gt", "mask")
+
+    def feed_data(self, data):
+        super().feed_data(data)
+        if "mask" in data:
+            self.mask = data["mask"].to(self.device)
+        elif hasattr(self, "mask"):
+            del self.mask
+
+    # ------------------------------------------------------------------ setup
+    def init_training_settings(self):
+        train_opt = self.opt["train"]
+        fid_opt = (self.opt.get("val") or {}).get("fid")
+        if fid_opt and not fid_opt.get("random_weights"):
+            check_weights_path(fid_opt.get("weights_path"))  # fail now, not at the first validation
+        if "network_d" not in self.opt or not train_opt.get("gan_opt"):
+            raise ValueError("inpainting models need network_d (NLayerDiscriminator) and train.gan_opt "
+                             "(NonSaturatingR1Loss)")
+        self.net_d = self.model_to_device(build_network(self.opt["network_d"]))
+        load_path = self.opt["path"].get("pretrain_network_d")
+        if load_path:
+            self.load_network(self.net_d, load_path, self.opt["path"].get("strict_load_d", True),
+                              self.opt["path"].get("param_key_d", "params"))
+        self.net_d.train()
+        self.cri_gan = build_loss(dict(train_opt["gan_opt"])).to(self.device)
+        if not isinstance(self.cri_gan, NonSaturatingR1Loss):
+            raise ValueError("train.gan_opt must be NonSaturatingR1Loss (it needs the discriminator and the mask)")
+        optional = {"cri_fm": "feature_matching_opt", "cri_resnet_pl": "resnet_pl_opt"}
+        for attr, key in optional.items():
+            setattr(self, attr, build_loss(dict(train_opt[key])).to(self.device) if train_opt.get(key) else None)
+        super().init_training_settings()
+        if not isinstance(self.cri_pix, MaskedL1Loss):
+            raise ValueError("inpainting models need train.pixel_opt of type MaskedL1Loss (official: "
+                             "weight_known 10, weight_missing 0)")
+
+    def setup_optimizers(self):
+        super().setup_optimizers()
+        optim_opt = dict(self.opt["train"]["optim_d"])
+        self.optimizer_d = self.get_optimizer(optim_opt.pop("type", "Adam"), self.net_d.parameters(), **optim_opt)
+        self.optimizers.append(self.optimizer_d)
+
+    # ------------------------------------------------------------------ losses and steps
+    def inpainting_losses(self, output, batch, loss_dict):
+        """LaMa's generator loss on the raw prediction ``output``; returns the total."""
+        gt, mask = batch["gt"], batch["mask"]
+        loss_dict["l_pix"] = self.cri_pix(output, gt, mask)
+        l_total = loss_dict["l_pix"]
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(output, gt)
+            for name, value in (("l_percep", l_percep), ("l_style", l_style)):
+                if value is not None:
+                    loss_dict[name] = value
+                    l_total = l_total + value
+        fake_pred, fake_features = self.net_d(output)
+        loss_dict["l_g_gan"] = self.cri_gan.generator_loss(fake_pred, mask)
+        l_total = l_total + loss_dict["l_g_gan"]
+        if self.cri_fm:
+            with torch.no_grad():
+                _, real_features = self.net_d(gt)
+            loss_dict["l_g_fm"] = self.cri_fm(fake_features, real_features)
+            l_total = l_total + loss_dict["l_g_fm"]
+        if self.cri_resnet_pl:
+            loss_dict["l_g_resnet_pl"] = self.cri_resnet_pl(output, gt)
+            l_total = l_total + loss_dict["l_g_resnet_pl"]
+        return l_total + self.diffloss_terms(output, gt, loss_dict)
+
+    def optimize_parameters(self, current_iter):
+        self.net_d.requires_grad_(False)
+        self.output = None  # stays None when the step makes no image (stage two's encoder phase)
+        stepped = self.generator_step(current_iter)
+        log = OrderedDict(self.loss_dict) if stepped else OrderedDict()
+        if stepped and self.output is not None:
+            log.update(self.discriminator_step())
+        if stepped and self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+        self.log_dict = self.reduce_loss_dict(log) if log else OrderedDict()
+
+    def discriminator_step(self):
+        self.net_d.requires_grad_(True)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        l_d, metrics = self.cri_gan.discriminator_loss(self.net_d, self.gt, self.output, self.mask)
+        l_d.backward()
+        if self.grad_clip:  # LaMa's gradient_clip_val applies to both optimisers
+            torch.nn.utils.clip_grad_norm_(self.net_d.parameters(), float(self.grad_clip))
+        self.optimizer_d.step()
+        self.net_d.requires_grad_(False)
+        return OrderedDict(l_d=l_d.detach(), **metrics)
+
+    # ------------------------------------------------------------------ validation
+    def test(self):
+        super().test()
+        masked_image, mask = self.lq[:, :3], self.lq[:, 3:]
+        self.output = composite(self.output, masked_image, mask)
+        if getattr(self, "fid_accumulator", None) is not None and hasattr(self, "gt"):
+            self.fid_accumulator.update(self.output, self.gt)
+
+    def get_current_visuals(self):
+        visuals = OrderedDict(lq=self.lq[:, :3].detach().cpu(), result=self.output.detach().cpu())
+        if hasattr(self, "gt"):
+            visuals["gt"] = self.gt.detach().cpu()
+        return visuals
+
+    def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
+        fid_opt = self.opt["val"].get("fid")
+        if fid_opt:
+            if self.opt["val"].get("metrics") is None:
+                raise ValueError("val.fid is reported with the other validation metrics: add val.metrics "
+                                 "(e.g. psnr) too")
+            if getattr(self, "fid_accumulator", None) is None:
+                self.fid_accumulator = FIDAccumulator(InceptionFeatures(**fid_opt), self.device)
+            self.fid_accumulator.reset()
+        super().nondist_validation(dataloader, current_iter, tb_logger, save_img)
+
+    def _log_validation_metric_values(self, current_iter, dataset_name, tb_logger):
+        accumulator = getattr(self, "fid_accumulator", None)
+        if accumulator is None or not accumulator.fake:
+            return super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        if accumulator.num_images < 2:
+            get_root_logger().warning(f"FID skipped for {dataset_name}: it needs at least 2 images")
+            accumulator.reset()
+            return super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        self.metric_results["fid"] = accumulator.compute()
+        self.best_metric_results[dataset_name].setdefault("fid", dict(better="lower", val=float("inf"), iter=-1))
+        self._update_best_metric_result(dataset_name, "fid", self.metric_results["fid"], current_iter)
+        super()._log_validation_metric_values(current_iter, dataset_name, tb_logger)
+        del self.metric_results["fid"]  # basicsr would average a stale value into the next validation
+        accumulator.reset()
+
+    # ------------------------------------------------------------------ saving
+    def networks_to_save(self):
+        return {**super().networks_to_save(), "net_d": self.net_d}
+
+    def save(self, epoch, current_iter):
+        super().save(epoch, current_iter)
+        self.save_network(self.net_d, "net_d", current_iter)
+
+
+@MODEL_REGISTRY.register()
+class DiffIRInpaintS1Model(InpaintingTrainingMixin, DiffIRS1Model):
+    """Stage one: DiffIRS1 (CPEN_S1 sees the masked input and the ground truth) with LaMa's losses."""
+
+    def compute_losses(self, batch, current_iter):
+        output, _ = self.net_g(batch["lq"], batch["gt"])
+        loss_dict = OrderedDict()
+        return self.inpainting_losses(output, batch, loss_dict), loss_dict, output
+
+
+@MODEL_REGISTRY.register()
+class DiffIRInpaintS2Model(InpaintingTrainingMixin, DiffIRS2Model):
+    """Stage two: DiffIRS2 trained against the frozen stage-one CPEN, with LaMa's losses + the IPR loss."""
+
+    def compute_losses(self, batch, current_iter):
+        ipr_s1 = self.target_ipr(batch["lq"], batch["gt"])
+        loss_dict = OrderedDict()
+        if self.in_encoder_phase(current_iter):
+            ipr_s2, _ = self.net_g(batch["lq"], ipr_s1, ipr_only=True)
+            loss_dict["l_kd"], loss_dict["l_ipr"] = self.cri_kd(ipr_s2, ipr_s1)
+            return loss_dict["l_ipr"], loss_dict, None
+        output, iprs = self.net_g(batch["lq"], ipr_s1)
+        loss_dict["l_kd"], loss_dict["l_ipr"] = self.cri_kd(iprs[-1], ipr_s1)
+        return self.inpainting_losses(output, batch, loss_dict) + loss_dict["l_ipr"], loss_dict, output

@@ -1,0 +1,162 @@
+"""Official DiffIR inpainting checkpoints (LaMa-framework PyTorch Lightning ``.ckpt``) -> diffir files.
+
+The official inpainting code trains inside LaMa's Lightning module, so its checkpoints hold one
+``state_dict`` with every submodule of that module under its attribute name:
+
+* ``generator.*``: the trained network (DiffIRS1 in stage one, DiffIRS2 in stage two);
+* ``generatorS1.*`` (stage-two files): the frozen stage-one network that supplied the target IPR;
+* ``discriminator.*``: the pix2pixHD NLayerDiscriminator;
+* ``loss_resnet_pl.*``, ``val_evaluator.*``, ``test_evaluator.*`` ...: loss networks and metrics,
+  not needed here and dropped;
+
+plus Lightning bookkeeping (``hyper_parameters`` as omegaconf objects, optimizer states, ...).
+After the prefix is stripped the generator keys are exactly the official DiffIR keys, which are
+ours, so a strict load reproduces the official network; the configuration (dim 52, blocks
+[1, 1, 1, 9] or the big [1, 1, 1, 20] with n_encoder_res 8, ...) is read from the tensor shapes.
+
+The file is read with ``torch.load(weights_only=True)``: the Python objects Lightning pickled (omegaconf
+configs and the like) are replaced by inert placeholders, so neither omegaconf nor Lightning is needed
+and nothing in the file is executed.
+
+Command line::
+
+    python -m diffir.utils.lama_checkpoint path/to/last.ckpt out_dir/
+
+writes ``out_dir/net_g.pth`` (``{'params': ...}``, for ``path.pretrain_network_g`` or inference),
+``out_dir/net_g_S1.pth`` for stage-two files (``path.pretrain_network_S1``) and ``out_dir/net_d.pth``
+(``path.pretrain_network_d``), and prints the matching ``network_g`` / ``network_S1`` / ``network_d``
+option blocks.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..checkpoint import CheckpointError, infer_network_options
+
+PARTS = {"generator.": "generator", "generatorS1.": "generator_s1", "discriminator.": "discriminator"}
+
+
+class _Placeholder:
+    """Stands in for any pickled Python object that is not plain data; keeps its arguments, runs nothing."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs = args, kwargs
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def read_lightning_checkpoint(path: str | os.PathLike) -> dict:
+    """``torch.load`` a Lightning checkpoint safely, with placeholders for its non-tensor Python objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        raise CheckpointError(f"reading {path} without omegaconf / Lightning needs torch >= 2.5 "
+                              f"(this is {torch.__version__})")
+    try:
+        foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        stubs = [(type(name, (_Placeholder,), {}), name) for name in foreign]
+        with torch.serialization.safe_globals(stubs):
+            content = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated files, foreign formats
+        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
+    if not isinstance(content, Mapping) or not isinstance(content.get("state_dict"), Mapping):
+        keys = list(content)[:10] if isinstance(content, Mapping) else type(content).__name__
+        raise CheckpointError(f"{path} is not a Lightning checkpoint: no 'state_dict' mapping (top level: {keys})")
+    return dict(content)
+
+
+def infer_discriminator_options(state_dict: Mapping[str, torch.Tensor]) -> dict:
+    """The ``network_d`` block of an NLayerDiscriminator state dict (``model0`` ... ``model{n + 1}``)."""
+    stages = {int(k.split(".")[0][len("model"):]) for k in state_dict if k.startswith("model")}
+    if "model0.0.weight" not in state_dict or stages != set(range(len(stages))) or len(stages) < 3:
+        raise CheckpointError(f"not an NLayerDiscriminator state dict (keys {list(state_dict)[:5]})")
+    first = state_dict["model0.0.weight"]
+    return {"type": "NLayerDiscriminator", "input_nc": int(first.shape[1]), "ndf": int(first.shape[0]),
+            "n_layers": len(stages) - 2, "norm": "batch" if "model1.1.running_mean" in state_dict else "none"}
+
+
+@dataclass
+class ConvertedCheckpoint:
+    """The parts of a Lightning inpainting checkpoint, as diffir state dicts and option blocks."""
+
+    generator: dict[str, torch.Tensor]
+    network_g: dict
+    generator_s1: dict[str, torch.Tensor] | None = None
+    network_s1: dict | None = None
+    discriminator: dict[str, torch.Tensor] | None = None
+    network_d: dict | None = None
+    dropped: list[str] = field(default_factory=list)  # top-level prefixes left out (losses, evaluators)
+
+
+def convert_lama_checkpoint(checkpoint: str | os.PathLike | Mapping) -> ConvertedCheckpoint:
+    """Split a Lightning inpainting checkpoint (a path or its loaded dict) into diffir state dicts."""
+    content = read_lightning_checkpoint(checkpoint) if not isinstance(checkpoint, Mapping) else checkpoint
+    state_dict = content.get("state_dict", content)
+    parts: dict[str, dict] = {name: {} for name in PARTS.values()}
+    dropped = set()
+    for key, value in state_dict.items():
+        prefix = next((p for p in PARTS if key.startswith(p)), None)
+        if prefix is None:
+            dropped.add(key.split(".")[0])
+        else:
+            parts[PARTS[prefix]][key[len(prefix):]] = value
+    if not parts["generator"]:
+        raise CheckpointError(f"no 'generator.*' weights in the checkpoint (top-level prefixes: "
+                              f"{sorted({k.split('.')[0] for k in state_dict})})")
+    converted = ConvertedCheckpoint(generator=parts["generator"], network_g=infer_network_options(parts["generator"]),
+                                    dropped=sorted(dropped))
+    if parts["generator_s1"]:
+        converted.generator_s1 = parts["generator_s1"]
+        converted.network_s1 = infer_network_options(parts["generator_s1"])
+    if parts["discriminator"]:
+        converted.discriminator = parts["discriminator"]
+        converted.network_d = infer_discriminator_options(parts["discriminator"])
+    return converted
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_converted(converted: ConvertedCheckpoint, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write basicsr-format files (``{'params': state_dict}``) for each part; returns {part: path}."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, weights in (("net_g", converted.generator), ("net_g_S1", converted.generator_s1),
+                          ("net_d", converted.discriminator)):
+        if weights is not None:
+            written[name] = out_dir / f"{name}.pth"
+            _atomic_save({"params": {k: v.contiguous() for k, v in weights.items()}}, written[name])
+    return written
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description="Convert an official DiffIR inpainting Lightning checkpoint "
+                                                 "into diffir/basicsr weight files.")
+    parser.add_argument("checkpoint", help="the official .ckpt (or .pth with a Lightning 'state_dict')")
+    parser.add_argument("out_dir", help="folder for net_g.pth, net_g_S1.pth and net_d.pth")
+    args = parser.parse_args(argv)
+    converted = convert_lama_checkpoint(args.checkpoint)
+    for name, path in save_converted(converted, args.out_dir).items():
+        print(f"wrote {path}")
+    if converted.dropped:
+        print(f"left out: {', '.join(converted.dropped)}")
+    blocks = {"network_g": converted.network_g, "network_S1": converted.network_s1, "network_d": converted.network_d}
+    yaml.safe_dump({k: v for k, v in blocks.items() if v is not None}, sys.stdout, sort_keys=False)
+
+
+if __name__ == "__main__":
+    main()
