@@ -18,4 +18,6 @@ setup(
     install_requires=[line.strip() for line in (here / "requirements.txt").read_text().splitlines()
                       if line.strip() and not line.startswith("#")],
     extras_require={"test": ["pytest>=7"], "onnx": ["onnx", "onnxruntime"]},
+    entry_points={"console_scripts": ["diffir-restore=diffir.cli:main", "diffir-export=diffir.cli:export_main",
+                                      "diffir-benchmark=diffir.benchmark.cli:main"]},
 )

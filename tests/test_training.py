@@ -255,3 +255,17 @@ def test_bf16_autocast_step_runs_on_cpu(workdir):
     model.feed_data(fixed_batch())
     model.optimize_parameters(1)
     assert torch.isfinite(torch.tensor(model.get_current_log()["l_pix"]))
+
+
+def test_official_x4_block_without_scale_builds_sr_from_the_top_level_scale(workdir):
+    opt_path, opt = write_options(workdir, 1)
+    for key in ("network_g",):
+        opt[key].pop("scale")
+    opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
+    model = model_from(opt_path)
+    assert (model.net_g.task, model.net_g.scale) == ("sr", 4)
+    opt["scale"] = 1  # the official deblurring files: top-level scale 1, no network scale
+    opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
+    from diffir.models.base import complete_network_scale
+    complete_network_scale(opt)
+    assert "scale" not in opt["network_g"]

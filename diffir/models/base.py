@@ -61,6 +61,20 @@ def set_rng_states(states: dict) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in states["cuda"]])
 
 
+def complete_network_scale(opt: dict) -> None:
+    """Give DiffIR network blocks without ``scale`` the run's top-level ``scale`` when it is above 1.
+
+    The official x4 SR files leave ``scale`` out of ``network_g`` (their SR class defaults to 4), while
+    the deblurring files leave it out because that network has none; the top-level ``scale`` (4 vs 1)
+    tells them apart. Blocks with ``scale``, ``task`` or 4 input channels (inpainting) are left alone.
+    """
+    for key in ("network_g", "network_S1"):
+        block = opt.get(key)
+        if (block and block.get("type") in ("DiffIRS1", "DiffIRS2") and "scale" not in block
+                and "task" not in block and block.get("inp_channels", 3) != 4 and opt.get("scale", 1) > 1):
+            block["scale"] = opt["scale"]
+
+
 def require_vgg_weights() -> None:
     """basicsr's perceptual loss downloads VGG19 weights when its local copy is missing; say which file
     to get instead of failing inside a download on an offline machine."""
@@ -83,6 +97,7 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
     def __init__(self, opt):
         if opt.get("num_gpu", 0) and torch.cuda.is_available() and opt.get("dist"):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        complete_network_scale(opt)
         super().__init__(opt)
 
     # ------------------------------------------------------------------ devices and setup

@@ -1,0 +1,167 @@
+"""Reading and writing the images users have: 8/16-bit PNG, JPEG, grayscale, RGBA, odd file names.
+
+Arrays are in RGB(A) channel order and keep their file's dtype (uint8 or uint16): ``(H, W)`` for
+grayscale, ``(H, W, 3)`` for colour, ``(H, W, 4)`` with alpha. :func:`split_image` turns any of them
+into what the network takes (float32 RGB in [0, 1]) plus what is needed to put the result back into
+the same form (:func:`merge_image`): gray images are replicated to three channels and averaged back,
+alpha is carried aside, and the bit depth is restored.
+
+Files are decoded from bytes (``np.fromfile`` + ``cv2.imdecode``), so any path the OS accepts works,
+and written atomically: encoded in memory, written to a temporary file in the target folder, then
+moved over the target with ``os.replace``. A reader never sees a half-written image.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+_MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
+
+
+class ImageReadError(ValueError):
+    """A file that is not a readable image (corrupt, empty, unsupported layout)."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = Path(path), reason
+
+
+def is_image_file(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to an RGB(A) or grayscale array in its own dtype (uint8 or uint16)."""
+    path = Path(path)
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as err:
+        raise ImageReadError(path, f"cannot read the file ({err.strerror or err})") from err
+    if data.size == 0:
+        raise ImageReadError(path, "the file is empty")
+    # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation; JPEGs have neither, so
+    # they are decoded with the flags that rotate phone photos upright (and keep gray images gray)
+    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
+    image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if jpeg else cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise ImageReadError(path, "not a decodable image (corrupt, truncated or an unsupported format)")
+    if image.dtype not in _MAX_VALUE:
+        raise ImageReadError(path, f"{image.dtype} pixels are not supported (8-bit and 16-bit images are)")
+    if image.ndim == 3 and image.shape[2] == 1:
+        image = image[:, :, 0]
+    if image.ndim == 3:
+        code = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}.get(image.shape[2])
+        if code is None:
+            raise ImageReadError(path, f"{image.shape[2]}-channel images are not supported")
+        image = cv2.cvtColor(image, code)
+    return image
+
+
+def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 95) -> None:
+    """Encode an RGB(A)/grayscale uint8 or uint16 array to ``path`` (format from the suffix), atomically.
+
+    JPEG holds 8 bits and no alpha: 16-bit images are reduced to 8 bits, and an alpha channel is an
+    error (write PNG instead) rather than being dropped silently.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in IMAGE_EXTENSIONS:
+        raise ValueError(f"{path}: unknown image format {suffix!r}; use one of {', '.join(IMAGE_EXTENSIONS)}")
+    if image.dtype not in _MAX_VALUE:
+        raise ValueError(f"{path}: images are written from uint8 or uint16 arrays, got {image.dtype}")
+    params = []
+    if suffix in (".jpg", ".jpeg"):
+        if image.ndim == 3 and image.shape[2] == 4:
+            raise ValueError(f"{path}: JPEG has no alpha channel; write the RGBA image as PNG")
+        if image.dtype == np.uint16:
+            image = np.round(image / 257.0).astype(np.uint8)
+        params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    ok, encoded = cv2.imencode(suffix, image, params)
+    if not ok:
+        raise ValueError(f"{path}: OpenCV could not encode a {image.shape} {image.dtype} image as {suffix}")
+    atomic_write_bytes(path, encoded.tobytes())
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to a uniquely named temporary file next to ``path`` and move it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "xb") as f:  # created with the usual permissions (umask), unlike mkstemp's 0600
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def read_mask(path: str | os.PathLike) -> np.ndarray:
+    """An inpainting mask as a boolean (H, W) array: True (white, above half the maximum) marks a hole."""
+    mask = read_image(path)
+    half = _MAX_VALUE[mask.dtype] / 2
+    if mask.ndim == 3:
+        mask = mask[..., :3].mean(axis=2)
+    return mask > half
+
+
+@dataclass
+class ImageLayout:
+    """How an input array was laid out, so a restored RGB result can be put back in the same form."""
+
+    gray: bool
+    dtype: np.dtype
+    alpha: np.ndarray | None  # float32 (H, W) in [0, 1], at the input size
+
+
+def split_image(image: np.ndarray) -> tuple[np.ndarray, ImageLayout]:
+    """Float32 RGB (H, W, 3) in [0, 1] for the network, and the input's layout.
+
+    Accepts (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) arrays in RGB(A) order; uint8 and uint16 are
+    scaled by their maximum, float arrays are taken as already in [0, 1].
+    """
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or (
+            image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        shape = image.shape if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image array, got {shape}")
+    if image.dtype in _MAX_VALUE:
+        scaled = image.astype(np.float32) / _MAX_VALUE[image.dtype]
+    elif np.issubdtype(image.dtype, np.floating):
+        scaled = image.astype(np.float32)
+    else:
+        raise ValueError(f"image arrays must be uint8, uint16 or float, got {image.dtype}")
+    if scaled.ndim == 3 and scaled.shape[2] == 1:
+        scaled = scaled[:, :, 0]
+    alpha = None
+    if scaled.ndim == 3 and scaled.shape[2] == 4:
+        scaled, alpha = scaled[:, :, :3], scaled[:, :, 3]
+    gray = scaled.ndim == 2
+    rgb = np.repeat(scaled[:, :, None], 3, axis=2) if gray else scaled
+    return np.ascontiguousarray(rgb), ImageLayout(gray=gray, dtype=image.dtype, alpha=alpha)
+
+
+def merge_image(rgb: np.ndarray, layout: ImageLayout) -> np.ndarray:
+    """Put a restored float RGB (h, w, 3) image back into the input's form (gray, alpha, dtype).
+
+    A gray input comes back gray (the channel mean). The alpha channel is resized to the output with
+    bicubic interpolation when the sizes differ (super-resolution) and re-attached.
+    """
+    out = rgb.mean(axis=2) if layout.gray else rgb
+    if layout.alpha is not None:
+        alpha = layout.alpha
+        if alpha.shape != out.shape[:2]:
+            alpha = cv2.resize(alpha, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
+        out = np.concatenate([np.repeat(out[:, :, None], 3, axis=2) if out.ndim == 2 else out,
+                              alpha[:, :, None]], axis=2)
+    out = np.clip(out, 0.0, 1.0)
+    if layout.dtype in _MAX_VALUE:
+        return np.round(out * _MAX_VALUE[layout.dtype]).astype(layout.dtype)
+    return out.astype(layout.dtype)

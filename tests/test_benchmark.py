@@ -1,0 +1,179 @@
+"""The benchmark suite: metrics against hand-computed values, CSV / Markdown output, LQ-only sets,
+LPIPS weights handling, the FID hook and the stochasticity report. Tiny random networks, one CPU thread."""
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from diffir import DiffIRS2
+from diffir.benchmark import Benchmark, BenchmarkSet, LPIPSMetric, MissingWeightsError, find_paper_set, stochasticity
+from diffir.benchmark import suite
+from diffir.benchmark.cli import main as benchmark_main
+from diffir.image_io import read_image, write_image
+from diffir.restorer import Restorer
+
+TINY = dict(n_encoder_res=1, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1], scale=4)
+# BT.601 luma weights of basicsr's bgr2ycbcr (MATLAB), per 8-bit RGB unit
+Y_WEIGHTS = np.array([65.481, 128.553, 24.966]) / 255
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def y_psnr(a: np.ndarray, b: np.ndarray, crop: int) -> float:
+    """PSNR on the Y channel written out: Y = 16 + 65.481/255 R + 128.553/255 G + 24.966/255 B."""
+    a, b = (x[crop:-crop, crop:-crop].astype(np.float64) @ Y_WEIGHTS for x in (a, b))
+    return 10 * math.log10(255 ** 2 / np.mean((a - b) ** 2))
+
+
+def test_psnr_of_a_known_pair_matches_the_hand_computed_value(tmp_path):
+    rng = np.random.default_rng(0)
+    gt = rng.integers(30, 200, (40, 48, 3), dtype=np.uint8)
+    restored = gt + np.uint8(4)  # every pixel 4 levels brighter in every channel ...
+    restored[:4] += 16  # ... and the top 4 rows (inside the SR crop border) 20 brighter
+    for folder, image in (("gt", gt), ("out", restored)):
+        write_image(tmp_path / folder / "baby.png", image)
+
+    assert benchmark_main(["--restored", str(tmp_path / "out"), "--gt", str(tmp_path / "gt"), "--name", "Set14",
+                           "--task", "sr", "-s", "4", "--metrics", "psnr", "-o", str(tmp_path / "sr")]) == 0
+    # SR protocol: Y channel, 4-pixel border cropped, so only the +4 error counts: dY = 4 * 219 / 255
+    expected_sr = 20 * math.log10(255 / (4 * 219 / 255))
+    rows = read_csv(tmp_path / "sr" / "Set14" / "metrics.csv")
+    assert [r["image"] for r in rows] == ["baby", "mean"]
+    assert float(rows[0]["psnr"]) == pytest.approx(expected_sr, abs=1e-3)
+    assert float(rows[1]["psnr"]) == pytest.approx(expected_sr, abs=1e-3)
+    markdown = (tmp_path / "sr" / "results.md").read_text()
+    assert f"| Set14 | 1 | PSNR ↑ | {expected_sr:.2f} | 27.73 (Table 2) |" in markdown
+
+    assert benchmark_main(["--restored", str(tmp_path / "out"), "--gt", str(tmp_path / "gt"), "--name", "GoPro",
+                           "--task", "deblur", "--metrics", "psnr", "-o", str(tmp_path / "deblur")]) == 0
+    # deblurring protocol: RGB, nothing cropped: 4 of 40 rows have error 20, the rest 4
+    expected_rgb = 10 * math.log10(255 ** 2 / ((4 * 20 ** 2 + 36 * 4 ** 2) / 40))
+    summary = read_csv(tmp_path / "deblur" / "summary.csv")
+    assert summary[0]["set"] == "GoPro" and summary[0]["paper"] == "33.2"
+    assert float(summary[0]["ours"]) == pytest.approx(expected_rgb, abs=1e-6)
+
+
+def test_benchmark_restores_scores_and_saves_crops(tmp_path):
+    rng = np.random.default_rng(1)
+    for i in range(2):
+        hr = np.clip(rng.normal(128, 40, (32, 40, 3)), 0, 255).astype(np.uint8)
+        write_image(tmp_path / "HR" / f"im{i}.png", hr)
+        write_image(tmp_path / "LR" / f"im{i}x4.png", hr[::4, ::4])
+    torch.manual_seed(0)
+    torch.save({"params_ema": DiffIRS2(**TINY).state_dict()}, tmp_path / "model.pth")
+
+    code = benchmark_main(["-m", str(tmp_path / "model.pth"), "--lq", str(tmp_path / "LR"), "--gt",
+                           str(tmp_path / "HR"), "--filename-tmpl", "{}x4", "--name", "Urban100", "--metrics",
+                           "psnr,ssim", "--crops", "--crop-size", "24", "--seeds", "3", "-o", str(tmp_path / "res"),
+                           "--device", "cpu"])
+
+    assert code == 0
+    rows = read_csv(tmp_path / "res" / "Urban100" / "metrics.csv")
+    assert [r["image"] for r in rows] == ["im0", "im1", "mean"]
+    for row in rows[:2]:  # the CSV holds the PSNR of the saved output against the GT
+        output = read_image(tmp_path / "res" / "Urban100" / f"{row['image']}.png")
+        assert output.shape == (32, 40, 3)
+        gt = read_image(tmp_path / "HR" / f"{row['image']}.png")
+        assert float(row["psnr"]) == pytest.approx(y_psnr(output, gt, 4), abs=1e-3)
+        assert 0 < float(row["ssim"]) < 1
+    assert float(rows[2]["psnr"]) == pytest.approx((float(rows[0]["psnr"]) + float(rows[1]["psnr"])) / 2, abs=1e-5)
+    crop = read_image(tmp_path / "res" / "Urban100" / "crops" / "im0.png")
+    assert crop.shape == (24, 3 * 24 + 2 * 4, 3)  # LQ | output | GT with 4-pixel gaps
+    markdown = (tmp_path / "res" / "results.md").read_text()
+    assert "26.05 (Table 2)" in markdown and "## Stochasticity" in markdown
+
+
+def test_lq_only_set_writes_outputs_without_metrics(tmp_path):
+    write_image(tmp_path / "LR" / "a.png", np.full((9, 11, 3), 90, np.uint8))
+    torch.manual_seed(0)
+    torch.save({"params": DiffIRS2(**TINY).state_dict()}, tmp_path / "model.pth")
+    assert benchmark_main(["-m", str(tmp_path / "model.pth"), "--lq", str(tmp_path / "LR"), "--metrics", "psnr",
+                           "-o", str(tmp_path / "res"), "--device", "cpu"]) == 0
+    assert read_image(tmp_path / "res" / "LR" / "a.png").shape == (36, 44, 3)
+    assert read_csv(tmp_path / "res" / "LR" / "metrics.csv") == [{"image": "a"}]
+    assert "no ground truth: outputs only" in (tmp_path / "res" / "results.md").read_text()
+
+
+def test_lpips_weights_missing_are_named_and_local_weights_work(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    with pytest.raises(MissingWeightsError, match="alexnet-owt-7be5be79.pth"):
+        LPIPSMetric("alex")
+    # by default LPIPS is skipped with a note; asked for explicitly, it is an error
+    assert "LPIPS not computed" in Benchmark("sr", 4).notes[0]
+    assert benchmark_main(["--restored", str(tmp_path), "--gt", str(tmp_path), "--task", "sr",
+                           "--metrics", "lpips"]) == 2
+    assert "alexnet-owt-7be5be79.pth" in capsys.readouterr().err
+
+    torch.manual_seed(0)  # a local backbone file (only the conv features are used)
+    features = torchvision.models.alexnet().features.state_dict()
+    torch.save({f"features.{k}": v for k, v in features.items()}, tmp_path / "alexnet.pth")
+    lpips = LPIPSMetric("alex", tmp_path / "alexnet.pth")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    assert lpips(image, image) == pytest.approx(0.0, abs=1e-7)
+    assert lpips(image, 255 - image) > lpips(image, np.clip(image.astype(int) + 8, 0, 255).astype(np.uint8)) > 0
+
+
+def test_fid_is_computed_over_the_set_and_reported(tmp_path, monkeypatch):
+    class MeanFID:  # stands in for diffir.metrics.fid: the squared distance of the mean pixel values
+        def __init__(self, weights, device):
+            self.reset()
+
+        def reset(self):
+            self.fake, self.real = [], []
+
+        def update(self, output, gt):
+            self.fake.append(output.mean())
+            self.real.append(gt.mean())
+
+        def compute(self):
+            return float((np.mean(self.fake) - np.mean(self.real)) ** 2)
+
+    monkeypatch.setattr(suite, "FIDMetric", MeanFID)
+    for i, value in enumerate((50, 70)):
+        write_image(tmp_path / "celeba_thick" / f"im{i}.png", np.full((8, 8, 3), value, np.uint8))
+        write_image(tmp_path / "celeba_thick" / f"im{i}_mask000.png", np.zeros((8, 8), np.uint8))
+        write_image(tmp_path / "out" / f"im{i}.png", np.full((8, 8, 3), value + 2, np.uint8))
+    benchmark = Benchmark("inpaint", metrics=["fid"])
+    result = benchmark.run_set(BenchmarkSet("celeba_thick", tmp_path / "celeba_thick"), tmp_path / "res",
+                               restored_dir=tmp_path / "out")
+    assert [row["image"] for row in result.rows] == ["im0", "im1"]  # masks are not samples
+    assert result.set_metrics == {"fid": pytest.approx(4.0)}
+    suite.write_summary(tmp_path / "res", [result], benchmark, "FID")
+    assert "| celeba_thick | 2 | FID ↓ | 4.0000 | 5.1440 (Table 1) |" in (tmp_path / "res" / "results.md").read_text()
+
+
+def test_stochasticity_report():
+    torch.manual_seed(0)
+    restorer = Restorer(DiffIRS2(**TINY), device="cpu")
+    image = np.random.default_rng(0).integers(0, 256, (12, 12, 3), dtype=np.uint8)
+    same = stochasticity(restorer, image, [7, 7])
+    assert same["pixel_std_max"] == 0 and same["psnr_spread"] == 0 and same["reference"] == "mean output"
+    report = stochasticity(restorer, image, [0, 1, 2])
+    outputs = np.stack([restorer.restore(image.astype(np.float32) / 255, seed=s) for s in (0, 1, 2)]) * 255
+    assert report["pixel_std_mean"] == pytest.approx(outputs.std(axis=0).mean(), rel=1e-4)
+    assert report["pixel_std_max"] > 0 and report["psnr_min"] <= report["psnr_max"]
+
+
+def test_paper_sets_are_matched_by_name():
+    assert find_paper_set("Set14", "sr").results["psnr"] == 27.73
+    assert find_paper_set("RealSR-Canon-x4", "sr").name == "RealSRSet"
+    assert find_paper_set("places_random_thin_512", "inpaint").name == "Places, narrow masks"
+    assert find_paper_set("Set14", "deblur") is None and find_paper_set("Set5", "sr") is None

@@ -1,0 +1,393 @@
+"""inference.py, the Restorer API, image I/O, checkpoint loading, the model zoo and ONNX export.
+
+Networks are tiny and random (dim 8, one block per level); images are generated or small crops of the
+bundled photos. Everything runs on one CPU thread: on a shared 2-core machine, multi-threaded kernels
+on tiny tensors spend most of their time waiting for each other.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from diffir import DiffIRS1, DiffIRS2
+from diffir.checkpoint import (CheckpointError, blend_state_dicts, infer_network_options, network_for_state_dict,
+                               read_state_dict)
+from diffir.cli import main as inference_main
+from diffir.image_io import ImageReadError, read_image, read_mask, split_image, write_image
+from diffir.restorer import Restorer, initial_noise
+from diffir.utils import crop_to, pad_to_multiple
+from diffir.zoo import ZOO, ModelNotFoundError, find_model, network_options, resolve
+
+REPO = Path(__file__).resolve().parent.parent
+PHOTOS = Path("/work/shared/data/photos")
+TINY = dict(n_encoder_res=1, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def tiny_net(seed: int = 0, **kwargs) -> DiffIRS2:
+    torch.manual_seed(seed)
+    return DiffIRS2(**{**TINY, "scale": 4, **kwargs}).eval()
+
+
+def save_checkpoint(net: torch.nn.Module, path: Path) -> Path:
+    torch.save({"params": net.state_dict(), "params_ema": net.state_dict()}, path)
+    return path
+
+
+def photo(height: int, width: int, name: str = "aqua_splash.png") -> np.ndarray:
+    """A natural RGB uint8 image: a bundled photo scaled down, or smooth synthetic content without it."""
+    if (PHOTOS / name).is_file():
+        return np.ascontiguousarray(cv2.resize(cv2.imread(str(PHOTOS / name)), (width, height),
+                                               interpolation=cv2.INTER_AREA)[:, :, ::-1])
+    y, x = np.mgrid[0:height, 0:width] / max(height, width)
+    return (np.stack([np.sin(5 * x + 3 * y + p) for p in (0, 1, 2)], axis=2) * 100 + 128).astype(np.uint8)
+
+
+def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(peak ** 2 / mse)
+
+
+# --------------------------------------------------------------------------- the script
+def test_script_restores_mixed_folder_and_reports_bad_files(tmp_path):
+    rng = np.random.default_rng(0)
+    src = tmp_path / "in"
+    src.mkdir()
+    rgba = rng.integers(0, 256, (16, 12, 4), dtype=np.uint8)
+    rgba[..., 3] = np.linspace(0, 255, 12, dtype=np.uint8)[None, :]
+    cv2.imwrite(str(src / "odd.png"), rng.integers(0, 256, (13, 21, 3), dtype=np.uint8))
+    cv2.imwrite(str(src / "gray.png"), rng.integers(0, 256, (16, 16), dtype=np.uint8))
+    cv2.imwrite(str(src / "alpha.png"), rgba)
+    cv2.imwrite(str(src / "deep.png"), rng.integers(0, 65536, (10, 9, 3), dtype=np.uint16))
+    cv2.imwrite(str(src / "photo.jpg"), rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    (src / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    (src / "empty.jpg").write_bytes(b"")
+    (src / "notes.txt").write_text("not an image")
+    model = save_checkpoint(tiny_net(), tmp_path / "model.pth")
+    out = tmp_path / "out"
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, str(REPO / "inference.py"), "-i", str(src), "-o", str(out), "-m", str(model),
+                          "--batch", "2"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+
+    assert run.returncode == 1, run.stderr
+    assert "corrupt.png" in run.stderr and "empty.jpg" in run.stderr
+    assert "restored 5 of 7" in run.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["alpha.png", "deep.png", "gray.png", "odd.png", "photo.jpg"]
+    shapes = {p.name: (read_image(p).shape, read_image(p).dtype) for p in out.iterdir()}
+    assert shapes["odd.png"] == ((52, 84, 3), np.uint8)
+    assert shapes["gray.png"] == ((64, 64), np.uint8)  # restored as gray
+    assert shapes["deep.png"] == ((40, 36, 3), np.uint16)  # bit depth kept
+    assert shapes["photo.jpg"] == ((64, 64, 3), np.uint8)
+    assert shapes["alpha.png"] == ((64, 48, 4), np.uint8)
+    # the alpha channel is the input's, resized on its own (bicubic), not run through the network
+    expected_alpha = cv2.resize(rgba[..., 3].astype(np.float32) / 255, (48, 64), interpolation=cv2.INTER_CUBIC)
+    alpha = read_image(out / "alpha.png")[..., 3].astype(np.float32) / 255
+    assert np.abs(alpha - np.clip(expected_alpha, 0, 1)).max() <= 1 / 255
+
+
+def test_cli_errors_exit_2_with_a_clear_message(tmp_path, capsys):
+    cv2.imwrite(str(tmp_path / "a.png"), np.zeros((8, 8, 3), np.uint8))
+    assert inference_main(["-i", str(tmp_path / "missing"), "-m", "x"]) == 2
+    assert "is not a file, a folder or a glob" in capsys.readouterr().err
+    assert inference_main(["-i", str(tmp_path), "-m", str(tmp_path / "none.pth")]) == 2
+    assert "neither a checkpoint file nor a zoo model" in capsys.readouterr().err
+    model = save_checkpoint(tiny_net(), tmp_path / "m.pth")
+    assert inference_main(["-i", str(tmp_path / "a.png"), "-m", str(model), "--task", "deblur"]) == 2
+    assert "--task deblur but the model does sr" in capsys.readouterr().err
+    # writing next to the inputs would overwrite them: refused per image
+    assert inference_main(["-i", str(tmp_path / "a.png"), "-o", str(tmp_path), "-m", str(model)]) == 1
+    assert "would overwrite an input" in capsys.readouterr().err
+
+
+def test_cli_inpainting_with_mask_folder_keeps_known_pixels(tmp_path):
+    net = tiny_net(inp_channels=4, scale=None)
+    model = save_checkpoint(net, tmp_path / "inpaint.pth")
+    (tmp_path / "in").mkdir()
+    (tmp_path / "masks").mkdir()
+    image = photo(20, 28)
+    mask = np.zeros((20, 28), np.uint8)
+    mask[5:12, 8:20] = 255
+    write_image(tmp_path / "in" / "a.png", image)
+    write_image(tmp_path / "masks" / "a_mask.png", mask)
+    write_image(tmp_path / "in" / "b.png", image)  # no mask for b: reported, a still restored
+
+    code = inference_main(["-i", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "-m", str(model),
+                           "--mask", str(tmp_path / "masks")])
+
+    assert code == 1
+    out = read_image(tmp_path / "out" / "a.png")
+    hole = mask > 0
+    assert np.array_equal(out[~hole], image[~hole])
+    assert not (tmp_path / "out" / "b.png").exists()
+
+
+# --------------------------------------------------------------------------- Restorer
+@pytest.mark.parametrize("kwargs, size", [(dict(scale=4), (13, 21)), (dict(scale=4), (5, 3)),
+                                          (dict(scale=2), (17, 9)), (dict(scale=None), (11, 30))])
+def test_padding_restores_exact_sizes(kwargs, size):
+    restorer = Restorer(tiny_net(**kwargs), device="cpu")
+    out = restorer.restore(photo(*size), seed=0)
+    assert out.shape == (size[0] * restorer.scale, size[1] * restorer.scale, 3)
+
+
+def test_restorer_matches_the_network_forward():
+    net = tiny_net()
+    lq = torch.from_numpy(photo(13, 21)).permute(2, 0, 1)[None].float() / 255
+    padded, size = pad_to_multiple(lq, net.size_multiple)
+    with torch.no_grad():
+        expected = crop_to(net(padded, noise=initial_noise(1, 7)), size, 4)
+    assert torch.allclose(Restorer(net, device="cpu").restore_tensor(lq, noise=initial_noise(1, 7)), expected,
+                          atol=1e-6)
+
+
+def test_tiled_output_matches_untiled():
+    """Tiles share one IPR computed from the whole image, and overlaps are blended.
+
+    The CPEN condition vector is the untiled one up to float summation order. The DIRformer outputs
+    differ only because its transposed attention pools over all pixels of the tile. On a natural
+    image at 4 x 6 tiles of 32 px with 8 px overlap, that difference is measured at 55-59 dB with
+    random tiny networks. Requiring > 50 dB (RMS error below one 8-bit level) leaves a margin, and
+    the test still fails if the blending is broken: hard seams (no overlap) give about 40 dB.
+    """
+    image = photo(64, 96).astype(np.float32) / 255
+    net = tiny_net()
+    whole = Restorer(net, device="cpu")
+    tiled = Restorer(net, device="cpu", tile=32, tile_overlap=8)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None]
+    cond_whole, cond_tiled = whole.condition(x), tiled.condition(x)
+    assert torch.allclose(cond_tiled, cond_whole, rtol=1e-5, atol=1e-6)
+
+    reference = whole.restore(image, seed=0)
+    blended = psnr(tiled.restore(image, seed=0), reference)
+    seams = psnr(Restorer(net, device="cpu", tile=32, tile_overlap=0).restore(image, seed=0), reference)
+    assert blended > 50
+    assert seams < blended - 6
+
+
+def test_seeded_runs_are_identical_and_seeds_matter():
+    restorer = Restorer(tiny_net(), device="cpu")
+    image = photo(16, 24).astype(np.float32) / 255
+    first, again, other = (restorer.restore(image, seed=s) for s in (3, 3, 4))
+    assert np.array_equal(first, again)
+    assert np.abs(first - other).max() > 1e-4
+
+
+def test_batch_equals_single_images():
+    restorer = Restorer(tiny_net(), device="cpu")
+    images = [photo(16, 24, name) for name in ("aqua_splash.png", "colorful_cups.png")]
+    batched = restorer.restore_batch(images, seed=[5, 6])
+    singles = [restorer.restore(image, seed=s) for image, s in zip(images, (5, 6))]
+    for b, s in zip(batched, singles):
+        assert np.abs(b.astype(int) - s.astype(int)).max() <= 1  # one 8-bit level: float order only
+
+
+def test_blend_zero_and_one_are_the_endpoint_models(tmp_path):
+    a, b = tiny_net(0), tiny_net(1)
+    path_a, path_b = save_checkpoint(a, tmp_path / "a.pth"), save_checkpoint(b, tmp_path / "b.pth")
+    image = photo(16, 16).astype(np.float32) / 255
+    out_a = Restorer(a, device="cpu").restore(image, seed=0)
+    out_b = Restorer(b, device="cpu").restore(image, seed=0)
+
+    def blended(alpha):
+        return Restorer.from_pretrained(path_a, model2=path_b, blend=alpha, device="cpu").restore(image, seed=0)
+
+    assert np.array_equal(blended(0.0), out_a)
+    assert np.array_equal(blended(1.0), out_b)
+    middle = blended(0.5)
+    assert np.abs(middle - out_a).max() > 1e-4 and np.abs(middle - out_b).max() > 1e-4
+    half = blend_state_dicts(a.state_dict(), b.state_dict(), 0.5)
+    key = "G.patch_embed.proj.weight"
+    assert torch.allclose(half[key], (a.state_dict()[key] + b.state_dict()[key]) / 2)
+    with pytest.raises(ValueError, match="different architectures"):
+        blend_state_dicts(a.state_dict(), tiny_net(scale=None).state_dict(), 0.5)
+
+
+def test_reduced_precision_falls_back_to_fp32_on_nan():
+    net = tiny_net()
+    image = photo(16, 16).astype(np.float32) / 255
+    fp32 = Restorer(net, device="cpu").restore(image, seed=0)
+    bf16 = Restorer(net, device="cpu", precision="bf16")
+    assert psnr(bf16.restore(image, seed=0), fp32) > 25 and bf16.fp32_fallbacks == 0
+
+    def poison_under_autocast(module, inputs, output):  # what an fp16 overflow looks like
+        return output * float("nan") if torch.is_autocast_enabled("cpu") else output
+
+    handle = net.G.register_forward_hook(poison_under_autocast)
+    try:
+        with pytest.warns(UserWarning, match="restored again in fp32"):
+            out = bf16.restore(image, seed=0)
+    finally:
+        handle.remove()
+    assert bf16.fp32_fallbacks == 1
+    assert np.array_equal(out, fp32)
+
+
+def test_restorer_rejects_stage_one_and_checks_masks():
+    with pytest.raises(TypeError, match="stage-two"):
+        Restorer(DiffIRS1(**TINY, scale=4), device="cpu")
+    inpaint = Restorer(tiny_net(inp_channels=4, scale=None), device="cpu")
+    with pytest.raises(ValueError, match="give a mask"):
+        inpaint.restore(photo(16, 16))
+    with pytest.raises(ValueError, match="mask is 8x8 but the image is 16x16"):
+        inpaint.restore(photo(16, 16), np.zeros((8, 8), bool))
+
+
+# --------------------------------------------------------------------------- image I/O
+def test_image_io_round_trips_and_writes_atomically(tmp_path):
+    deep = np.random.default_rng(1).integers(0, 65536, (7, 5, 3), dtype=np.uint16)
+    target = tmp_path / "ünïcode dir" / "deep.png"
+    write_image(target, deep)
+    assert np.array_equal(read_image(target), deep)
+    assert [p.name for p in target.parent.iterdir()] == ["deep.png"]  # no temporary file left behind
+    with pytest.raises(ValueError, match="JPEG has no alpha"):
+        write_image(tmp_path / "x.jpg", np.zeros((4, 4, 4), np.uint8))
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(ImageReadError, match="bad.png: not a decodable image"):
+        read_image(tmp_path / "bad.png")
+    mask = np.zeros((4, 6), np.uint8)
+    mask[1:3, 2:5] = 200
+    write_image(tmp_path / "m.png", mask)
+    assert np.array_equal(read_mask(tmp_path / "m.png"), mask > 127)
+    rgb, layout = split_image(np.full((3, 3), 255, np.uint8))
+    assert layout.gray and rgb.shape == (3, 3, 3) and rgb.max() == 1.0
+    # a phone JPEG stored landscape with EXIF orientation 6 ("rotate 90 degrees") is read upright
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(np.zeros((10, 16, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
+    assert read_image(tmp_path / "phone.jpg").shape == (16, 10, 3)
+
+
+# --------------------------------------------------------------------------- checkpoints
+@pytest.mark.parametrize("cls", [DiffIRS1, DiffIRS2])
+@pytest.mark.parametrize("extra", [dict(scale=4), dict(scale=2), dict(scale=1), dict(ffn_expansion_factor=2),
+                                   dict(LayerNorm_type="BiasFree", bias=True, num_blocks=[2, 1, 3, 1]),
+                                   dict(inp_channels=4, num_refinement_blocks=0, dual_pixel_task=True)])
+def test_network_options_are_inferred_from_the_weights(cls, extra):
+    kwargs = {**TINY, "n_encoder_res": 2, "heads": [1, 2, 1, 2], "ffn_expansion_factor": 2.66, **extra}
+    inferred = infer_network_options(cls(**kwargs).state_dict())
+    assert inferred.pop("type") == cls.__name__
+    for key, value in kwargs.items():
+        assert inferred[key] == (list(value) if isinstance(value, tuple) else value), key
+    assert ("scale" in inferred) == ("scale" in kwargs)
+
+
+def test_official_checkpoint_is_auto_detected_and_reproduces_official_output():
+    sys.path.insert(0, str(Path(__file__).parent))
+    from official_fixture import load_fixture, materialize
+
+    fixture = load_fixture("official_sr_x4_fixture.pt")
+    state_dict = materialize(fixture["s2_params"])
+    assert {k: v for k, v in infer_network_options(state_dict).items() if k != "type"} == fixture["config"]["S2"]
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)  # build in float64 so the float64 weights load without rounding
+    try:
+        net = network_for_state_dict(state_dict)
+    finally:
+        torch.set_default_dtype(default_dtype)
+    with torch.no_grad():
+        out = net(fixture["lq"], noise=fixture["s2_init_noise"])
+    assert torch.allclose(out, fixture["s2_out"], atol=1e-10)
+
+
+def test_checkpoint_layouts_and_errors(tmp_path):
+    net = tiny_net(inp_channels=4, scale=None)
+    weights = net.state_dict()
+    torch.save({"params": {f"module.{k}": v for k, v in weights.items()}}, tmp_path / "ddp.pth")
+    assert read_state_dict(tmp_path / "ddp.pth")[0].keys() == weights.keys()
+
+    # a Lightning checkpoint whose pickled hyper-parameters torch.load refuses by default
+    lightning = {"state_dict": {**{f"generator.{k}": v for k, v in weights.items()},
+                                "discriminator.model0.0.weight": torch.zeros(1)},
+                 "hyper_parameters": _Hyper(lr=1e-3)}
+    torch.save(lightning, tmp_path / "last.ckpt")
+    loaded, source = read_state_dict(tmp_path / "last.ckpt")
+    assert loaded.keys() == weights.keys() and "generator" in source
+
+    (tmp_path / "broken.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        read_state_dict(tmp_path / "broken.pth")
+    with pytest.raises(CheckpointError, match="G.patch_embed"):
+        infer_network_options({"conv.weight": torch.zeros(1)})
+    with pytest.raises(CheckpointError, match="does not fit the network options"):
+        network_for_state_dict(weights, {"type": "DiffIRS2", **TINY, "inp_channels": 4, "dim": 16})
+
+
+class _Hyper:  # stands for the omegaconf objects Lightning pickles
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+
+def test_official_option_file_without_scale_loads(tmp_path):
+    """Official SR option files leave `scale` out (the official classes default to x4)."""
+    net = tiny_net()
+    options = {"type": "DiffIRS2", **TINY}
+    (tmp_path / "opt.yml").write_text(f"network_g: {options}\n")
+    loaded = network_for_state_dict(net.state_dict(), network_options(tmp_path / "opt.yml"))
+    assert loaded.task == "sr" and loaded.scale == 4
+
+
+# --------------------------------------------------------------------------- zoo
+def test_zoo_resolves_files_and_says_where_to_download(tmp_path, monkeypatch):
+    monkeypatch.setenv("DIFFIR_PRETRAINED", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    entry = ZOO["sisr-gan-x4"]
+    with pytest.raises(ModelNotFoundError) as missing:
+        resolve("sisr-gan-x4")
+    assert entry.url in str(missing.value) and entry.file in str(missing.value)
+    (tmp_path / entry.file).parent.mkdir(parents=True)
+    (tmp_path / entry.file).write_bytes(b"weights")
+    assert resolve("sisr-gan-x4") == tmp_path / entry.file
+    assert find_model("sisr-gan-x4") == (tmp_path / entry.file, entry)
+    with pytest.raises(KeyError, match="no model named"):
+        resolve("nope")
+
+
+def test_zoo_presets_build_the_official_networks_and_readme_lists_every_model():
+    readme = (REPO / "pretrained" / "README.md").read_text()
+    for entry in ZOO.values():
+        assert f"`{entry.name}`" in readme and f"`{entry.file}`" in readme
+        if entry.option:
+            assert (REPO / entry.option).is_file(), entry.option
+    # parameter counts of the official stage-two SR x4 and deblurring networks (paper-facts §2.4)
+    counts = {name: sum(p.numel() for p in DiffIRS2(**{k: v for k, v in network_options(name).items()
+                                                     if k != "type"}).parameters()) for name in ("sr-x4", "deblur")}
+    assert counts == {"sr-x4": 24_971_206, "deblur": 26_911_934}
+
+
+# --------------------------------------------------------------------------- ONNX
+def test_onnx_export_matches_pytorch(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from diffir.export import check_onnx, export_onnx
+
+    net = tiny_net()
+    export_onnx(net, tmp_path / "noise_input.onnx")
+    export_onnx(net, tmp_path / "seeded.onnx", seed=3)
+    restorer = Restorer(net, device="cpu")
+    for height, width in ((16, 24), (21, 13)):  # dynamic sizes, one needing padding
+        lq = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height))
+        noise = initial_noise(2, [1, 2])
+        assert check_onnx(tmp_path / "noise_input.onnx", net, lq, noise=noise) < 1e-4
+        assert check_onnx(tmp_path / "seeded.onnx", net, lq, seed=3) < 1e-4
+        import onnxruntime
+
+        onnx_out = onnxruntime.InferenceSession(str(tmp_path / "seeded.onnx")).run(None, {"lq": lq.numpy()})[0]
+        expected = restorer.restore_tensor(lq, noise=initial_noise(2, 3)).numpy()
+        assert onnx_out.shape == (2, 3, 4 * height, 4 * width)
+        assert np.abs(onnx_out - expected).max() < 1e-4
