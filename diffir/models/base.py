@@ -155,9 +155,24 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
 
     def _micro_batches(self):
         tensors = {k: getattr(self, k) for k in self.batch_keys if hasattr(self, k)}
-        n = min(self.grad_accum_steps, self.lq.shape[0])
-        chunks = {k: v.chunk(n) for k, v in tensors.items()}
-        return [{k: chunks[k][i] for k in chunks} for i in range(len(chunks["lq"]))]
+        batch_size = next(iter(tensors.values())).shape[0]
+        chunks = {k: v.chunk(min(self.grad_accum_steps, batch_size)) for k, v in tensors.items()}
+        return [dict(zip(chunks, parts)) for parts in zip(*chunks.values())]
+
+    def restoration_losses(self, output, gt, loss_dict, percep_gt=None):
+        """Pixel + perceptual + DiffLoss terms on a restored batch (each optional)."""
+        l_total = 0
+        if self.cri_pix:
+            loss_dict["l_pix"] = self.cri_pix(output, gt)
+            l_total = l_total + loss_dict["l_pix"]
+        if self.cri_perceptual:
+            l_percep, l_style = self.cri_perceptual(output, gt if percep_gt is None else percep_gt)
+            for name, value in (("l_percep", l_percep), ("l_style", l_style)):
+                if value is not None:
+                    loss_dict[name] = value
+                    l_total = l_total + value
+        l_total = l_total + self.diffloss_terms(output, gt, loss_dict)
+        return l_total, loss_dict, output
 
     def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
         finite = torch.isfinite(loss.detach()).all().float().reshape(1)
@@ -217,9 +232,10 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
 
     # ------------------------------------------------------------------ validation
     def size_multiple(self) -> int:
-        multiple = self.get_bare_model(self.net_g).size_multiple
-        window = self.opt.get("val", {}).get("window_size") or 1
-        return multiple * window // math.gcd(multiple, window)
+        """What validation pads the LQ image to: the least common multiple of the network's
+        ``size_multiple`` (where it has one) and ``val.window_size``."""
+        multiple = getattr(self.get_bare_model(self.net_g), "size_multiple", 1)
+        return math.lcm(int(multiple), int(self.opt.get("val", {}).get("window_size") or 1))
 
     def run_network_eval(self, net, lq):
         """The eval-mode forward used by validation; stage-one models override it to pass the GT."""
@@ -231,7 +247,9 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         net.eval()
         lq, size = pad_to_multiple(self.lq, self.size_multiple())
         with torch.no_grad():
-            self.output = crop_to(self.run_network_eval(net, lq), size, self.get_bare_model(net).scale)
+            output = self.run_network_eval(net, lq)
+        # the scale is read off the output, so any architecture's upscaling works
+        self.output = crop_to(output, size, output.shape[-1] // lq.shape[-1])
         net.train(was_training)
 
     # ------------------------------------------------------------------ saving and resuming
