@@ -82,9 +82,10 @@ def _entries() -> list[ZooEntry]:
     s1 = "stage one (needs the ground truth): for training stage two, not for inference"
     return [
         ZooEntry("demo-sr-x4", "sr", 4, "demo_DiffIRS2_x4.pth",
-                 "the demo recipe: python train.py -opt options/demo/train_demo_DiffIRS1_x4.yml, then "
-                 "train_demo_DiffIRS2_x4.yml (it ships in the repository's pretrained/)",
+                 "the demo recipe: bash scripts/demo.sh, then keep params_ema of "
+                 "experiments/demo_DiffIRS2_x4/models/net_g_latest.pth (it ships in the repository's pretrained/)",
                  None, "options/demo/train_demo_DiffIRS2_x4.yml",
+                 sha256="1ea21012018218e096bf087c64865e5e356a0e634e8270bee1731fe8cf26e7cd",
                  note="DEMO model: tiny, trained briefly on the bundled photos; not the paper's quality"),
         ZooEntry("sisr-gan-x4", "sr", 4, "sisr/SISR-DiffIRS2-GAN.pth", _SISR_URL, PRESETS["sr-x4"],
                  "options/test/SR/test_DiffIRS2_GAN_x4.yml", srgan + "test_DiffIRS2_GAN_x4.yml",
