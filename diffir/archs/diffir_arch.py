@@ -18,6 +18,9 @@ State-dict keys are the official ones (``G.*``, ``E.*``; ``G.*``, ``condition.*`
 load hook so that checkpoints move both ways (official scripts load ours) with plain
 ``load_state_dict(strict=True)`` and basicsr's ``load_network`` prints no key differences.
 
+Two arguments beyond the official ones go to the DIRformer: ``impl`` ('fast', the default, or the
+'plain' reference; same weights) and ``use_checkpoint`` (activation checkpointing of each block).
+
 Calling conventions:
 
 * ``DiffIRS1(lq, gt)``: eval -> restored image; train -> ``(restored, [ipr])``.
@@ -64,7 +67,7 @@ class _DiffIRBase(nn.Module):
     other_stage: tuple[str, str] = ("", "")  # (name, a top-level key prefix only the other stage has)
 
     def __init__(self, n_encoder_res, inp_channels, out_channels, scale, dim, num_blocks, num_refinement_blocks,
-                 heads, ffn_expansion_factor, bias, LayerNorm_type, task, dual_pixel_task):
+                 heads, ffn_expansion_factor, bias, LayerNorm_type, task, dual_pixel_task, impl, use_checkpoint):
         super().__init__()
         self.task = resolve_task(task, scale, inp_channels)
         self.scale = scale if self.task == "sr" else 1
@@ -73,7 +76,8 @@ class _DiffIRBase(nn.Module):
         self.G = DIRformer(inp_channels=inp_channels, out_channels=out_channels, dim=dim, num_blocks=num_blocks,
                            num_refinement_blocks=num_refinement_blocks, heads=heads,
                            ffn_expansion_factor=ffn_expansion_factor, bias=bias, LayerNorm_type=LayerNorm_type,
-                           head=_HEAD_OF_TASK[self.task], scale=self.scale, dual_pixel_task=dual_pixel_task)
+                           head=_HEAD_OF_TASK[self.task], scale=self.scale, dual_pixel_task=dual_pixel_task,
+                           impl=impl, use_checkpoint=use_checkpoint)
         # LQ pixel-unshuffle factor for CPEN: the DIRformer's own for SR, 4 otherwise (official)
         self.cpen_lq_unshuffle = self.G.input_unshuffle if self.task == "sr" else GT_UNSHUFFLE
 
@@ -138,9 +142,9 @@ class DiffIRS1(_DiffIRBase):
 
     def __init__(self, n_encoder_res=6, inp_channels=3, out_channels=3, scale=None, dim=48, num_blocks=(4, 6, 6, 8),
                  num_refinement_blocks=4, heads=(1, 2, 4, 8), ffn_expansion_factor=2.66, bias=False,
-                 LayerNorm_type="WithBias", task=None, dual_pixel_task=False):
+                 LayerNorm_type="WithBias", task=None, dual_pixel_task=False, impl="fast", use_checkpoint=False):
         super().__init__(n_encoder_res, inp_channels, out_channels, scale, dim, num_blocks, num_refinement_blocks,
-                         heads, ffn_expansion_factor, bias, LayerNorm_type, task, dual_pixel_task)
+                         heads, ffn_expansion_factor, bias, LayerNorm_type, task, dual_pixel_task, impl, use_checkpoint)
         self.E = CPEN(inp_channels, self.cpen_lq_unshuffle, gt_channels=out_channels, n_encoder_res=n_encoder_res)
 
     def forward(self, lq: torch.Tensor, gt: torch.Tensor):
@@ -161,9 +165,9 @@ class DiffIRS2(_DiffIRBase):
     def __init__(self, n_encoder_res=6, inp_channels=3, out_channels=3, scale=None, dim=48, num_blocks=(4, 6, 6, 8),
                  num_refinement_blocks=4, heads=(1, 2, 4, 8), ffn_expansion_factor=2.66, bias=False,
                  LayerNorm_type="WithBias", n_denoise_res=1, linear_start=0.1, linear_end=0.99, timesteps=4,
-                 task=None, dual_pixel_task=False):
+                 task=None, dual_pixel_task=False, impl="fast", use_checkpoint=False):
         super().__init__(n_encoder_res, inp_channels, out_channels, scale, dim, num_blocks, num_refinement_blocks,
-                         heads, ffn_expansion_factor, bias, LayerNorm_type, task, dual_pixel_task)
+                         heads, ffn_expansion_factor, bias, LayerNorm_type, task, dual_pixel_task, impl, use_checkpoint)
         self.condition = CPEN(inp_channels, self.cpen_lq_unshuffle, gt_channels=0, n_encoder_res=n_encoder_res)
         self.denoise = IPRDenoiser(n_denoise_res=n_denoise_res, timesteps=timesteps)
         self.diffusion = IPRDiffusion(self.denoise, self.condition, linear_start=linear_start,

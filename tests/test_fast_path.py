@@ -1,0 +1,180 @@
+"""The fast DIRformer path against the plain reference path, activation checkpointing, autocast, compile."""
+import pytest
+import torch
+
+from diffir import DiffIRS1, DiffIRS2
+from diffir.archs.dirformer import DIRformer
+from official_fixture import load_fixture, materialize
+
+# Tiny versions of every task head; two blocks on levels with several heads and bias=True somewhere,
+# so that each code path of the fast blocks (heads > 1, conv biases, both LayerNorm kinds) runs.
+VARIANTS = {
+    "sr_x4": dict(head="sr", scale=4, LayerNorm_type="BiasFree", ffn_expansion_factor=2.2, size=16),
+    "sr_x2": dict(head="sr", scale=2, LayerNorm_type="BiasFree", ffn_expansion_factor=2.2, size=16),
+    "sr_x1": dict(head="sr", scale=1, LayerNorm_type="WithBias", ffn_expansion_factor=2.2, size=32),
+    "deblur": dict(head="restore", LayerNorm_type="WithBias", ffn_expansion_factor=2.0, bias=True, size=16),
+    "inpaint": dict(head="inpaint", inp_channels=4, LayerNorm_type="WithBias", ffn_expansion_factor=1.8,
+                    num_refinement_blocks=0, size=16),
+    "inpaint_dual_pixel": dict(head="inpaint", inp_channels=4, LayerNorm_type="WithBias", ffn_expansion_factor=1.8,
+                               num_refinement_blocks=0, dual_pixel_task=True, bias=True, size=16),
+}
+
+
+def tiny_dirformer(variant: str, **overrides) -> tuple[DIRformer, torch.Tensor, torch.Tensor]:
+    """A tiny DIRformer of ``variant`` whose 1-D parameters (LayerNorm gains and biases, temperatures,
+    conv biases) are randomised too, with an input batch of 2 and an IPR."""
+    options = dict(VARIANTS[variant])
+    size = options.pop("size")
+    options = {"dim": 8, "num_blocks": (1, 2, 1, 2), "num_refinement_blocks": 1, **options, **overrides}
+    torch.manual_seed(0)
+    net = DIRformer(**options)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("temperature") or (p.dim() == 1 and name.endswith("weight")):
+                p.copy_(1 + 0.5 * torch.randn_like(p))
+            elif p.dim() == 1:
+                p.copy_(0.2 * torch.randn_like(p))
+    x = torch.rand(2, options.get("inp_channels", 3), size, size)
+    ipr = torch.randn(2, 256)
+    return net, x, ipr
+
+
+def run(net: DIRformer, impl: str, x: torch.Tensor, ipr: torch.Tensor):
+    """Output and the gradient of every parameter (and of the input) for a fixed scalar loss."""
+    net.impl = impl
+    net.zero_grad(set_to_none=True)
+    x = x.clone().requires_grad_(True)
+    out = net(x, ipr)
+    (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    grads = {name: p.grad.clone() for name, p in net.named_parameters()}
+    grads["input"] = x.grad.clone()
+    return out.detach(), grads
+
+
+def assert_close_grads(a: dict, b: dict, rtol: float) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        scale = a[name].abs().max().item()
+        assert (a[name] - b[name]).abs().max().item() <= rtol * max(scale, 1.0), name
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_fast_matches_plain_output_and_gradients(variant, mode):
+    net, x, ipr = tiny_dirformer(variant)
+    net.train(mode == "train")
+    out_plain, grads_plain = run(net, "plain", x, ipr)
+    out_fast, grads_fast = run(net, "fast", x, ipr)
+    assert out_fast.shape == out_plain.shape
+    assert out_fast.is_contiguous()
+    assert out_plain.abs().max() > 0.1  # a real signal, not a vanishing one
+    assert (out_fast - out_plain).abs().max().item() <= 1e-4
+    assert_close_grads(grads_plain, grads_fast, rtol=1e-4)
+
+
+def test_fast_matches_plain_for_channels_last_input_and_batch_of_one():
+    net, x, ipr = tiny_dirformer("deblur")
+    net.eval()
+    with torch.no_grad():
+        net.impl = "plain"
+        ref = net(x[:1], ipr[:1])
+        net.impl = "fast"
+        out = net(x[:1].contiguous(memory_format=torch.channels_last), ipr[:1])
+    assert (out - ref).abs().max().item() <= 1e-4
+
+
+def test_impl_shares_state_dict_and_defaults_to_fast():
+    for cls, extra in ((DiffIRS1, {}), (DiffIRS2, {"timesteps": 4})):
+        options = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, n_encoder_res=1, scale=4, **extra)
+        default, plain = cls(**options), cls(**options, impl="plain")
+        assert default.G.impl == "fast" and plain.G.impl == "plain"
+        shapes = [(k, v.shape) for k, v in default.state_dict().items()]
+        assert shapes == [(k, v.shape) for k, v in plain.state_dict().items()]
+        plain.load_state_dict(default.state_dict())  # strict
+
+
+def test_network_options_select_impl_and_checkpointing():
+    from basicsr.archs import build_network
+
+    options = dict(type="DiffIRS2", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, n_encoder_res=1, scale=4)
+    net = build_network({**options, "impl": "plain", "use_checkpoint": True})
+    assert net.G.impl == "plain" and net.G.use_checkpoint
+    assert all(b.impl == "plain" and b.use_checkpoint for b in net.G.transformer_blocks())
+    assert build_network(options).G.impl == "fast"
+
+
+def test_invalid_impl_is_rejected():
+    with pytest.raises(ValueError, match="impl must be one of"):
+        DIRformer(dim=8, num_blocks=(1, 1, 1, 1), impl="quick")
+    net = DIRformer(dim=8, num_blocks=(1, 1, 1, 1))
+    with pytest.raises(ValueError, match="impl must be one of"):
+        net.impl = "Fast"
+
+
+@torch.no_grad()
+def test_fast_path_matches_official_fixture_in_float64():
+    fx = load_fixture("official_sr_x4_fixture.pt")
+    s1 = DiffIRS1(**fx["config"]["S1"], impl="fast").double().eval()
+    s1.load_state_dict(materialize(fx["s1_params"]))
+    assert (s1(fx["lq"], fx["gt"]) - fx["s1_out"]).abs().max().item() <= 1e-8
+    s2 = DiffIRS2(**fx["config"]["S2"], impl="fast").double().eval()
+    s2.load_state_dict(materialize(fx["s2_params"]))
+    assert (s2(fx["lq"], noise=fx["s2_init_noise"]) - fx["s2_out"]).abs().max().item() <= 1e-8
+    assert (s2.G(fx["lq"], fx["s1_ipr"]) - fx["s2_G_with_s1_ipr"]).abs().max().item() <= 1e-8
+
+
+@pytest.mark.parametrize("impl", ["fast", "plain"])
+def test_checkpointing_recomputes_blocks_with_same_outputs_and_gradients(impl):
+    net, x, ipr = tiny_dirformer("sr_x4", impl=impl)
+    net.train()
+    out_ref, grads_ref = run(net, impl, x, ipr)
+
+    calls = []  # the IPR modulation layer runs in both paths, once per block forward
+    net.encoder_level1[0].attn.kernel.register_forward_hook(lambda *args: calls.append(1))
+    net.use_checkpoint = True
+    assert all(b.use_checkpoint for b in net.transformer_blocks())
+    out, grads = run(net, impl, x, ipr)
+    assert len(calls) == 2  # once forward, once recomputed during backward
+    assert torch.equal(out, out_ref)
+    assert_close_grads(grads_ref, grads, rtol=1e-6)
+
+    calls.clear()
+    with torch.no_grad():
+        net(x, ipr)
+    net.eval()
+    net(x, ipr).sum().backward()
+    assert len(calls) == 2  # no recomputation without grad or outside training
+
+
+def test_autocast_bfloat16_runs_on_cpu_close_to_float32():
+    net, x, ipr = tiny_dirformer("sr_x4")
+    net.eval()
+    with torch.no_grad():
+        ref = net(x, ipr)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = net(x, ipr)
+    assert torch.isfinite(out).all()
+    assert (out.float() - ref).abs().max().item() <= 0.05 * ref.abs().max().item()
+
+
+def test_float16_attention_does_not_overflow():
+    """With a strong IPR modulation q and k are large, and their unnormalised products exceed float16's
+    range (65504); the fast path must normalise q and k first in float16, as the plain path does."""
+    net, x, ipr = tiny_dirformer("deblur")
+    net.eval()
+    ipr = 30 * ipr
+    with torch.no_grad():
+        ref = net.double()(x.double(), ipr.double())
+        out = net.half()(x.half(), ipr.half())
+    assert torch.isfinite(out).all()
+    assert (out.double() - ref).abs().max().item() <= 0.02 * ref.abs().max().item()
+
+
+def test_fast_path_compiles_without_graph_breaks():
+    net, x, ipr = tiny_dirformer("sr_x4", num_blocks=(1, 1, 1, 1))
+    net.eval()
+    with torch.no_grad():
+        ref = net(x, ipr)
+        compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
+        out = compiled(x, ipr)
+    assert (out - ref).abs().max().item() <= 1e-5
