@@ -83,11 +83,13 @@ def test_fast_matches_plain_for_channels_last_input_and_batch_of_one():
     assert (out - ref).abs().max().item() <= 1e-4
 
 
-def test_impl_shares_state_dict_and_defaults_to_fast():
+def test_impl_shares_state_dict_and_defaults_to_auto():
     for cls, extra in ((DiffIRS1, {}), (DiffIRS2, {"timesteps": 4})):
         options = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, n_encoder_res=1, scale=4, **extra)
         default, plain = cls(**options), cls(**options, impl="plain")
-        assert default.G.impl == "fast" and plain.G.impl == "plain"
+        assert default.G.impl == "auto" and plain.G.impl == "plain"
+        assert default.G.resolve_impl(torch.device("cpu")) == "fast"
+        assert default.G.resolve_impl(torch.device("cuda")) == "plain"
         shapes = [(k, v.shape) for k, v in default.state_dict().items()]
         assert shapes == [(k, v.shape) for k, v in plain.state_dict().items()]
         plain.load_state_dict(default.state_dict())  # strict
@@ -99,8 +101,9 @@ def test_network_options_select_impl_and_checkpointing():
     options = dict(type="DiffIRS2", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, n_encoder_res=1, scale=4)
     net = build_network({**options, "impl": "plain", "use_checkpoint": True})
     assert net.G.impl == "plain" and net.G.use_checkpoint
+    net.eval()(torch.rand(1, 3, 8, 8))  # blocks take the resolved impl at the forward
     assert all(b.impl == "plain" and b.use_checkpoint for b in net.G.transformer_blocks())
-    assert build_network(options).G.impl == "fast"
+    assert build_network(options).G.impl == "auto"
 
 
 def test_invalid_impl_is_rejected():

@@ -18,8 +18,8 @@ State-dict keys are the official ones (``G.*``, ``E.*``; ``G.*``, ``condition.*`
 load hook so that checkpoints move both ways (official scripts load ours) with plain
 ``load_state_dict(strict=True)`` and basicsr's ``load_network`` prints no key differences.
 
-Two arguments beyond the official ones go to the DIRformer: ``impl`` ('fast', the default, or the
-'plain' reference; same weights) and ``use_checkpoint`` (activation checkpointing of each block).
+Two arguments beyond the official ones go to the DIRformer: ``impl`` ('auto', the default: 'fast' on
+the CPU, the 'plain' reference elsewhere; same weights) and ``use_checkpoint`` (activation checkpointing of each block).
 
 Calling conventions:
 
@@ -142,7 +142,7 @@ class DiffIRS1(_DiffIRBase):
 
     def __init__(self, n_encoder_res=6, inp_channels=3, out_channels=3, scale=None, dim=48, num_blocks=(4, 6, 6, 8),
                  num_refinement_blocks=4, heads=(1, 2, 4, 8), ffn_expansion_factor=2.66, bias=False,
-                 LayerNorm_type="WithBias", task=None, dual_pixel_task=False, impl="fast", use_checkpoint=False):
+                 LayerNorm_type="WithBias", task=None, dual_pixel_task=False, impl="auto", use_checkpoint=False):
         super().__init__(n_encoder_res, inp_channels, out_channels, scale, dim, num_blocks, num_refinement_blocks,
                          heads, ffn_expansion_factor, bias, LayerNorm_type, task, dual_pixel_task, impl, use_checkpoint)
         self.E = CPEN(inp_channels, self.cpen_lq_unshuffle, gt_channels=out_channels, n_encoder_res=n_encoder_res)
@@ -165,7 +165,7 @@ class DiffIRS2(_DiffIRBase):
     def __init__(self, n_encoder_res=6, inp_channels=3, out_channels=3, scale=None, dim=48, num_blocks=(4, 6, 6, 8),
                  num_refinement_blocks=4, heads=(1, 2, 4, 8), ffn_expansion_factor=2.66, bias=False,
                  LayerNorm_type="WithBias", n_denoise_res=1, linear_start=0.1, linear_end=0.99, timesteps=4,
-                 task=None, dual_pixel_task=False, impl="fast", use_checkpoint=False):
+                 task=None, dual_pixel_task=False, impl="auto", use_checkpoint=False):
         super().__init__(n_encoder_res, inp_channels, out_channels, scale, dim, num_blocks, num_refinement_blocks,
                          heads, ffn_expansion_factor, bias, LayerNorm_type, task, dual_pixel_task, impl, use_checkpoint)
         self.condition = CPEN(inp_channels, self.cpen_lq_unshuffle, gt_channels=0, n_encoder_res=n_encoder_res)
