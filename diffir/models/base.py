@@ -159,20 +159,25 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         chunks = {k: v.chunk(min(self.grad_accum_steps, batch_size)) for k, v in tensors.items()}
         return [dict(zip(chunks, parts)) for parts in zip(*chunks.values())]
 
-    def restoration_losses(self, output, gt, loss_dict, percep_gt=None):
-        """Pixel + perceptual + DiffLoss terms on a restored batch (each optional)."""
+    def l1_target(self, batch: dict):
+        """The GT the pixel loss (and CPEN_S1) see: USM-sharpened with ``l1_gt_usm`` (real-world SR V2)."""
+        return batch["gt_usm"] if self.opt.get("l1_gt_usm") and "gt_usm" in batch else batch["gt"]
+
+    def image_losses(self, output, batch: dict, loss_dict):
+        """Pixel + perceptual + DiffLoss terms on a restored batch (each optional); returns their sum."""
+        gt = self.l1_target(batch)
         l_total = 0
         if self.cri_pix:
             loss_dict["l_pix"] = self.cri_pix(output, gt)
             l_total = l_total + loss_dict["l_pix"]
         if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(output, gt if percep_gt is None else percep_gt)
+            percep_gt = batch["gt_usm"] if self.opt.get("percep_gt_usm") and "gt_usm" in batch else batch["gt"]
+            l_percep, l_style = self.cri_perceptual(output, percep_gt)
             for name, value in (("l_percep", l_percep), ("l_style", l_style)):
                 if value is not None:
                     loss_dict[name] = value
                     l_total = l_total + value
-        l_total = l_total + self.diffloss_terms(output, gt, loss_dict)
-        return l_total, loss_dict, output
+        return l_total + self.diffloss_terms(output, gt, loss_dict)
 
     def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
         finite = torch.isfinite(loss.detach()).all().float().reshape(1)
@@ -204,8 +209,7 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
             torch.nn.utils.clip_grad_norm_(params, float(self.grad_clip))
         optimizer.step()
         self.nonfinite_in_a_row = 0
-        if outputs[0] is not None:
-            self.output = torch.cat(outputs)
+        self.output = torch.cat(outputs) if outputs[0] is not None else None  # None: no image this step
         self.loss_dict = loss_sums
         return True
 

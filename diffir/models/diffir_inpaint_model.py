@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
-from basicsr.archs import build_network
 from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
@@ -34,9 +33,10 @@ from ..losses.inpainting_loss import MaskedL1Loss, NonSaturatingR1Loss
 from ..metrics.fid import FIDAccumulator, InceptionFeatures, check_weights_path
 from .diffir_s1_model import DiffIRS1Model
 from .diffir_s2_model import DiffIRS2Model
+from .discriminator import DiscriminatorMixin
 
 
-class InpaintingTrainingMixin:
+class InpaintingTrainingMixin(DiscriminatorMixin):
     """What both inpainting stages add to the generic DiffIR models: masks, GAN losses, compositing, FID."""
 
     batch_keys = ("lq", "gt", "mask")
@@ -54,16 +54,7 @@ class InpaintingTrainingMixin:
         fid_opt = (self.opt.get("val") or {}).get("fid")
         if fid_opt and not fid_opt.get("random_weights"):
             check_weights_path(fid_opt.get("weights_path"))  # fail now, not at the first validation
-        if "network_d" not in self.opt or not train_opt.get("gan_opt"):
-            raise ValueError("inpainting models need network_d (NLayerDiscriminator) and train.gan_opt "
-                             "(NonSaturatingR1Loss)")
-        self.net_d = self.model_to_device(build_network(self.opt["network_d"]))
-        load_path = self.opt["path"].get("pretrain_network_d")
-        if load_path:
-            self.load_network(self.net_d, load_path, self.opt["path"].get("strict_load_d", True),
-                              self.opt["path"].get("param_key_d", "params"))
-        self.net_d.train()
-        self.cri_gan = build_loss(dict(train_opt["gan_opt"])).to(self.device)
+        self.build_discriminator()
         if not isinstance(self.cri_gan, NonSaturatingR1Loss):
             raise ValueError("train.gan_opt must be NonSaturatingR1Loss (it needs the discriminator and the mask)")
         optional = {"cri_fm": "feature_matching_opt", "cri_resnet_pl": "resnet_pl_opt"}
@@ -74,14 +65,8 @@ class InpaintingTrainingMixin:
             raise ValueError("inpainting models need train.pixel_opt of type MaskedL1Loss (official: "
                              "weight_known 10, weight_missing 0)")
 
-    def setup_optimizers(self):
-        super().setup_optimizers()
-        optim_opt = dict(self.opt["train"]["optim_d"])
-        self.optimizer_d = self.get_optimizer(optim_opt.pop("type", "Adam"), self.net_d.parameters(), **optim_opt)
-        self.optimizers.append(self.optimizer_d)
-
     # ------------------------------------------------------------------ losses and steps
-    def inpainting_losses(self, output, batch, loss_dict):
+    def image_losses(self, output, batch, loss_dict):
         """LaMa's generator loss on the raw prediction ``output``; returns the total."""
         gt, mask = batch["gt"], batch["mask"]
         loss_dict["l_pix"] = self.cri_pix(output, gt, mask)
@@ -104,17 +89,6 @@ class InpaintingTrainingMixin:
             loss_dict["l_g_resnet_pl"] = self.cri_resnet_pl(output, gt)
             l_total = l_total + loss_dict["l_g_resnet_pl"]
         return l_total + self.diffloss_terms(output, gt, loss_dict)
-
-    def optimize_parameters(self, current_iter):
-        self.net_d.requires_grad_(False)
-        self.output = None  # stays None when the step makes no image (stage two's encoder phase)
-        stepped = self.generator_step(current_iter)
-        log = OrderedDict(self.loss_dict) if stepped else OrderedDict()
-        if stepped and self.output is not None:
-            log.update(self.discriminator_step())
-        if stepped and self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
-        self.log_dict = self.reduce_loss_dict(log) if log else OrderedDict()
 
     def discriminator_step(self):
         self.net_d.requires_grad_(True)
@@ -167,36 +141,11 @@ class InpaintingTrainingMixin:
         del self.metric_results["fid"]  # basicsr would average a stale value into the next validation
         accumulator.reset()
 
-    # ------------------------------------------------------------------ saving
-    def networks_to_save(self):
-        return {**super().networks_to_save(), "net_d": self.net_d}
-
-    def save(self, epoch, current_iter):
-        super().save(epoch, current_iter)
-        self.save_network(self.net_d, "net_d", current_iter)
-
-
 @MODEL_REGISTRY.register()
 class DiffIRInpaintS1Model(InpaintingTrainingMixin, DiffIRS1Model):
     """Stage one: DiffIRS1 (CPEN_S1 sees the masked input and the ground truth) with LaMa's losses."""
-
-    def compute_losses(self, batch, current_iter):
-        output, _ = self.net_g(batch["lq"], batch["gt"])
-        loss_dict = OrderedDict()
-        return self.inpainting_losses(output, batch, loss_dict), loss_dict, output
 
 
 @MODEL_REGISTRY.register()
 class DiffIRInpaintS2Model(InpaintingTrainingMixin, DiffIRS2Model):
     """Stage two: DiffIRS2 trained against the frozen stage-one CPEN, with LaMa's losses + the IPR loss."""
-
-    def compute_losses(self, batch, current_iter):
-        ipr_s1 = self.target_ipr(batch["lq"], batch["gt"])
-        loss_dict = OrderedDict()
-        if self.in_encoder_phase(current_iter):
-            ipr_s2, _ = self.net_g(batch["lq"], ipr_s1, ipr_only=True)
-            loss_dict["l_kd"], loss_dict["l_ipr"] = self.cri_kd(ipr_s2, ipr_s1)
-            return loss_dict["l_ipr"], loss_dict, None
-        output, iprs = self.net_g(batch["lq"], ipr_s1)
-        loss_dict["l_kd"], loss_dict["l_ipr"] = self.cri_kd(iprs[-1], ipr_s1)
-        return self.inpainting_losses(output, batch, loss_dict) + loss_dict["l_ipr"], loss_dict, output

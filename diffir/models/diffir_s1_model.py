@@ -13,9 +13,9 @@ class DiffIRS1Model(SyntheticDegradationMixin, DiffIRBaseModel):
     """DiffIRS1 fed (LQ, GT); pixel loss (+ optional perceptual loss and DiffLoss); EMA; validation."""
 
     def compute_losses(self, batch, current_iter):
-        gt = batch.get("gt_usm", batch["gt"]) if self.opt.get("l1_gt_usm") else batch["gt"]
-        output, _ = self.net_g(batch["lq"], gt)
-        return self.restoration_losses(output, gt, OrderedDict())
+        output, _ = self.net_g(batch["lq"], self.l1_target(batch))
+        loss_dict = OrderedDict()
+        return self.image_losses(output, batch, loss_dict), loss_dict, output
 
     def run_network_eval(self, net, lq):
         if not hasattr(self, "gt"):

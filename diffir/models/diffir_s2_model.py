@@ -89,8 +89,7 @@ class DiffIRS2Model(DiffIRS1Model):
             return self.net_g_S1.E(lq, gt)
 
     def compute_losses(self, batch, current_iter):
-        gt = batch.get("gt_usm", batch["gt"]) if self.opt.get("l1_gt_usm") else batch["gt"]
-        ipr_s1 = self.target_ipr(batch["lq"], gt)
+        ipr_s1 = self.target_ipr(batch["lq"], self.l1_target(batch))
         loss_dict = OrderedDict()
         if self.in_encoder_phase(current_iter):
             ipr_s2, _ = self.net_g(batch["lq"], ipr_s1, ipr_only=True)
@@ -98,9 +97,7 @@ class DiffIRS2Model(DiffIRS1Model):
             return loss_dict["l_ipr"], loss_dict, None
         output, iprs = self.net_g(batch["lq"], ipr_s1)
         loss_dict["l_kd"], loss_dict["l_ipr"] = self.cri_kd(iprs[-1], ipr_s1)
-        percep_gt = batch.get("gt_usm", batch["gt"]) if self.opt.get("percep_gt_usm") else batch["gt"]
-        l_total, loss_dict, output = self.restoration_losses(output, gt, loss_dict, percep_gt=percep_gt)
-        return l_total + loss_dict["l_ipr"], loss_dict, output
+        return self.image_losses(output, batch, loss_dict) + loss_dict["l_ipr"], loss_dict, output
 
     def run_network_eval(self, net, lq):
         generator = torch.Generator(device=lq.device).manual_seed(int(self.opt.get("val", {}).get("seed", 0)))

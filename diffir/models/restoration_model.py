@@ -30,4 +30,5 @@ class RestorationModel(DiffIRBaseModel):
         if output.shape != gt.shape:
             raise ValueError(f"network_g output {tuple(output.shape)} does not match the GT patch "
                              f"{tuple(gt.shape)}; check network_g's upscale and the dataset's scale")
-        return self.restoration_losses(output, gt, OrderedDict())
+        loss_dict = OrderedDict()
+        return self.image_losses(output, batch, loss_dict), loss_dict, output

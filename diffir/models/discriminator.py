@@ -1,0 +1,52 @@
+"""The discriminator every adversarially trained diffir model shares: built from ``network_d``,
+optionally initialised from ``path.pretrain_network_d``, optimised by ``optimizer_d`` (``optim_d``)
+and saved as ``net_d_<iter>.pth`` and in the training state."""
+from collections import OrderedDict
+
+from basicsr.archs import build_network
+from basicsr.losses import build_loss
+
+
+class DiscriminatorMixin:
+    """Subclasses define ``discriminator_step()`` (returns its log) and may gate the generator with
+    ``generator_due(current_iter)``."""
+
+    def build_discriminator(self) -> None:
+        """Build ``net_d`` and ``cri_gan``; call before the base ``init_training_settings``."""
+        train_opt = self.opt["train"]
+        if "network_d" not in self.opt or not train_opt.get("gan_opt"):
+            raise ValueError(f"{type(self).__name__} needs network_d and train.gan_opt")
+        self.net_d = self.model_to_device(build_network(self.opt["network_d"]))
+        load_path = self.opt["path"].get("pretrain_network_d")
+        if load_path:
+            self.load_network(self.net_d, load_path, self.opt["path"].get("strict_load_d", True),
+                              self.opt["path"].get("param_key_d", "params"))
+        self.net_d.train()
+        self.cri_gan = build_loss(dict(train_opt["gan_opt"])).to(self.device)
+
+    def generator_due(self, current_iter: int) -> bool:
+        return True
+
+    def optimize_parameters(self, current_iter):
+        """A generator step with D frozen, then a discriminator step on the generator's output."""
+        self.net_d.requires_grad_(False)
+        stepped = self.generator_step(current_iter) if self.generator_due(current_iter) else False
+        log = OrderedDict(self.loss_dict) if stepped else OrderedDict()
+        if stepped and self.output is not None:  # None in stage two's encoder phase
+            log.update(self.discriminator_step())
+        if stepped and self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+        self.log_dict = self.reduce_loss_dict(log) if log else OrderedDict()
+
+    def setup_optimizers(self):
+        super().setup_optimizers()
+        optim_opt = dict(self.opt["train"]["optim_d"])
+        self.optimizer_d = self.get_optimizer(optim_opt.pop("type", "Adam"), self.net_d.parameters(), **optim_opt)
+        self.optimizers.append(self.optimizer_d)
+
+    def networks_to_save(self):
+        return {**super().networks_to_save(), "net_d": self.net_d}
+
+    def save(self, epoch, current_iter):
+        super().save(epoch, current_iter)
+        self.save_network(self.net_d, "net_d", current_iter)
