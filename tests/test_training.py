@@ -3,6 +3,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -212,7 +213,10 @@ def test_missing_dataroot_is_reported_before_training(workdir):
 def test_two_process_cpu_ddp(workdir):
     opt_path, _ = write_options(workdir, 1)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29517",
+    with socket.socket() as probe:  # a free port, so parallel runs of the suite cannot collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
            str(REPO / "train.py"), "-opt", str(opt_path), "--launcher", "pytorch", "--force_yml", "train:total_iter=3"]
     done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
