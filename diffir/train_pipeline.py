@@ -70,6 +70,12 @@ def create_dataloaders(opt: dict, logger):
             raise ValueError(f"datasets.{phase}: phase must be 'train' or start with 'val'")
     if train_loader is None:
         raise ValueError("datasets.train is missing")
+    if len(train_loader) == 0:  # the loader drops incomplete batches: an epoch would be empty forever
+        train_opt = opt["datasets"]["train"]
+        raise ValueError(f"datasets.train: {len(train_loader.dataset)} images x dataset_enlarge_ratio "
+                         f"{train_opt.get('dataset_enlarge_ratio', 1)} do not fill one batch of "
+                         f"{train_opt['batch_size_per_gpu']} per process x {opt['world_size']} processes; "
+                         f"raise dataset_enlarge_ratio or lower batch_size_per_gpu")
     total_iters = int(opt["train"]["total_iter"])
     total_epochs = math.ceil(total_iters / max(1, len(train_loader)))
     return train_loader, train_sampler, val_loaders, total_epochs, total_iters

@@ -201,6 +201,13 @@ def test_gradient_accumulation_matches_full_batch(workdir):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
+def test_too_few_images_for_one_batch_is_an_error(workdir):
+    opt_path, _ = write_options(workdir, 1)
+    with pytest.raises(ValueError, match="do not fill one batch"):
+        run_train(["-opt", str(opt_path), "--force_yml", "datasets:train:dataset_enlarge_ratio=1",
+                   "datasets:train:batch_size_per_gpu=8"])
+
+
 def test_missing_dataroot_is_reported_before_training(workdir):
     opt_path, opt = write_options(workdir, 1)
     opt["datasets"]["train"]["dataroot_gt"] = "no/such/folder"
@@ -273,3 +280,45 @@ def test_official_x4_block_without_scale_builds_sr_from_the_top_level_scale(work
     from diffir.models.base import complete_network_scale
     complete_network_scale(opt)
     assert "scale" not in opt["network_g"]
+
+
+def test_deblur_progressive_schedule_through_the_pipeline(workdir, basicsr_log):
+    """The official deblurring recipe's progressive patch/batch schedule, shrunk to 4 iterations."""
+    for split in ("train", "val"):
+        for kind in ("target", "input"):
+            (workdir / "gopro" / split / kind).mkdir(parents=True)
+        for path in (workdir / "demo_data" / split).glob("*.png"):
+            sharp = cv2.imread(str(path))[:64, :96]
+            cv2.imwrite(str(workdir / "gopro" / split / "target" / path.name), sharp)
+            cv2.imwrite(str(workdir / "gopro" / split / "input" / path.name), cv2.blur(sharp, (9, 1)))
+    opt = load_yaml(str(REPO / "options" / "train" / "Deblur" / "train_DiffIRS1.yml"))
+    opt["num_gpu"] = 0
+    opt["network_g"].update(TINY_NET)
+    train = opt["datasets"]["train"]
+    train.update(dataroot_gt="gopro/train/target", dataroot_lq="gopro/train/input", num_worker_per_gpu=0,
+                 dataset_enlarge_ratio=10,
+                 batch_size_per_gpu=4, mini_batch_sizes=[4, 2], iters=[2, 2], gt_size=48, gt_sizes=[32, 48])
+    opt["datasets"]["val"].update(dataroot_gt="gopro/val/target", dataroot_lq="gopro/val/input")
+    opt["train"]["scheduler"].update(periods=[2, 2], restart_weights=[1, 1], eta_mins=[3e-4, 1e-6])
+    opt["train"]["total_iter"] = 4
+    opt["val"]["val_freq"] = 4
+    opt["logger"].update(print_freq=1, save_checkpoint_freq=4, use_tb_logger=False)
+    (workdir / "deblur.yml").write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
+
+    seen = []
+    from diffir.models.diffir_s1_model import DiffIRS1Model
+    original = DiffIRS1Model.feed_data
+
+    def recording_feed(self, data):
+        seen.append(tuple(data["gt"].shape))
+        original(self, data)
+
+    DiffIRS1Model.feed_data = recording_feed
+    try:
+        exp = run_train(["-opt", str(workdir / "deblur.yml")])
+    finally:
+        DiffIRS1Model.feed_data = original
+    train_shapes = seen[:4]
+    assert train_shapes == [(4, 3, 32, 32), (4, 3, 32, 32), (2, 3, 48, 48), (2, 3, 48, 48)]
+    assert (exp / "models" / "net_g_4.pth").is_file()
+    assert "Validation GoPro-val-crops" in basicsr_log.text
