@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"restored {written} of {len(inputs)} images into {args.output}", file=sys.stderr)
     if restorer.fp32_fallbacks:
-        print(f"{restorer.fp32_fallbacks} image(s) gave NaN/inf in reduced precision and were re-run in fp32",
+        print(f"{restorer.fp32_fallbacks} batch(es) gave NaN/inf in reduced precision and were re-run in fp32",
               file=sys.stderr)
     if failures.items:
         print(f"{len(failures.items)} failed:", file=sys.stderr)

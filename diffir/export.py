@@ -11,6 +11,7 @@ deployed model is deterministic like ``Restorer(..., seed=seed)``.
 """
 from __future__ import annotations
 
+import copy
 import os
 import warnings
 from pathlib import Path
@@ -52,7 +53,9 @@ def export_onnx(net: DiffIRS2, path: str | os.PathLike, seed: int | None = None,
                 opset: int = 17) -> Path:
     """Write ``net`` to ``path`` as ONNX; ``seed`` bakes the initial noise in, otherwise it is an input."""
     path = Path(path)
-    model = ExportableStageTwo(net, seed).cpu()
+    net = copy.deepcopy(net).cpu()  # a copy: the caller's network stays on its device, with its impl
+    net.G.impl = "plain"  # the reference DIRformer path traces to static-rank ONNX ops; same weights
+    model = ExportableStageTwo(net, seed)
     lq = torch.rand(1, net.inp_channels, example_size, example_size)
     inputs, names = (lq,), ["lq"]
     dynamic = {"lq": {0: "batch", 2: "height", 3: "width"}, "restored": {0: "batch", 2: "out_height", 3: "out_width"}}
@@ -61,8 +64,6 @@ def export_onnx(net: DiffIRS2, path: str | os.PathLike, seed: int | None = None,
         dynamic["noise"] = {0: "batch"}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    impl = net.G.impl
-    net.G.impl = "plain"  # the reference DIRformer path traces to static-rank ONNX ops; same weights
     try:
         # The TorchScript exporter: the torch.export-based one needs the extra onnxscript package. Its
         # tracer warns that the networks' input checks become constants, which is right for a padded input.
@@ -73,7 +74,6 @@ def export_onnx(net: DiffIRS2, path: str | os.PathLike, seed: int | None = None,
                               dynamic_axes=dynamic, opset_version=opset, dynamo=False)
         os.replace(tmp, path)
     finally:
-        net.G.impl = impl
         tmp.unlink(missing_ok=True)
     return path
 
@@ -94,5 +94,6 @@ def check_onnx(path: str | os.PathLike, net: DiffIRS2, lq: torch.Tensor, noise: 
         feed["noise"] = noise.cpu().numpy().astype(np.float32)
     onnx_out = session.run(None, feed)[0]
     with torch.no_grad():
-        torch_out = ExportableStageTwo(net.cpu(), seed)(lq.cpu(), None if seed is not None else noise).numpy()
+        reference = ExportableStageTwo(copy.deepcopy(net).cpu(), seed)
+        torch_out = reference(lq.cpu(), None if seed is not None else noise).numpy()
     return float(np.abs(onnx_out - torch_out).max())

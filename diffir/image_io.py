@@ -76,11 +76,11 @@ def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 
     if image.dtype not in _MAX_VALUE:
         raise ValueError(f"{path}: images are written from uint8 or uint16 arrays, got {image.dtype}")
     params = []
+    if image.dtype == np.uint16 and suffix not in (".png", ".tif", ".tiff"):
+        image = np.round(image / 257.0).astype(np.uint8)  # 8-bit formats: OpenCV would saturate instead
     if suffix in (".jpg", ".jpeg"):
         if image.ndim == 3 and image.shape[2] == 4:
             raise ValueError(f"{path}: JPEG has no alpha channel; write the RGBA image as PNG")
-        if image.dtype == np.uint16:
-            image = np.round(image / 257.0).astype(np.uint8)
         params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     if image.ndim == 3:
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)

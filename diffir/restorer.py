@@ -21,12 +21,13 @@ What it takes care of:
   so that a seed gives the same noise on every device; one seed gives every image of a batch the
   noise it would get alone.
 * **Reduced precision.** ``precision='fp16'`` / ``'bf16'`` runs under autocast; an image whose result
-  has NaN or inf is run again in fp32 (counted in ``fp32_fallbacks``).
+  has NaN or inf is run again in fp32 with the rest of its batch (``fp32_fallbacks`` counts batches).
 * **Fidelity <-> perception.** ``from_pretrained(a, model2=b, blend=alpha)`` interpolates the
   weights of two checkpoints of one architecture (e.g. the L1- and the GAN-trained stage two).
 """
 from __future__ import annotations
 
+import numbers
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -69,7 +70,7 @@ def initial_noise(batch: int, seed: int | Sequence[int] | None) -> torch.Tensor:
     """The (B, 256) starting point of the IPR diffusion: seeded per image on the CPU, or fresh."""
     if seed is None:
         return torch.randn(batch, IPR_DIM)
-    seeds = [seed] * batch if isinstance(seed, int) else list(seed)
+    seeds = [seed] * batch if isinstance(seed, numbers.Integral) else list(seed)
     if len(seeds) != batch:
         raise ValueError(f"got {len(seeds)} seeds for a batch of {batch}")
     return torch.cat([torch.randn(1, IPR_DIM, generator=torch.Generator().manual_seed(int(s))) for s in seeds])

@@ -397,10 +397,10 @@ def load_prior_weights(model: DiffusionPriorUNet, path) -> None:
                 shown = ", ".join(items[:12]) + (f", ... ({len(items) - 12} more)" if len(items) > 12 else "")
                 lines.append(f"  {len(items)} {title}: {shown}")
         raise ValueError("\n".join(lines))
-    # float32 weights whatever the file stores; assign: a model built on the meta device takes the
-    # loaded tensors as they are, without a second copy
+    # float32 weights whatever the file stores; a model still on the meta device takes the loaded
+    # tensors as they are (assign), a live one copies them into its own parameters on its device
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    model.load_state_dict(state, strict=True, assign=True)
+    model.load_state_dict(state, strict=True, assign=any(p.is_meta for p in model.parameters()))
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -13,7 +13,8 @@ model, a test or a preview script can run it on CPU or GPU:
 The blur and sinc kernels are drawn per image by basicsr's ``RealESRGANDataset``; everything else is
 drawn here per batch, exactly as the official code does. As in the official DiffIR models, LQ is
 synthesised from the GT itself (from the USM-sharpened GT when ``gt_usm: true``, which then also
-replaces the GT), and ``gt_usm`` is the USM-sharpened final GT patch.
+replaces the GT), and ``gt_usm`` is the USM-sharpened final GT patch (the GT itself when it is
+already sharpened). basicsr's RealESRGANModel instead always degrades the sharpened GT.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class RealESRGANDegradation:
         lq = self.degrade(gt, *kernels)
         gt, lq = paired_random_crop(gt, lq, self.gt_size, self.scale)
         lq, gt = self._pool(lq, gt)
-        return lq.contiguous(), gt, self.usm(gt)
+        return lq.contiguous(), gt, gt if self.sharpen_gt else self.usm(gt)  # never sharpen twice
 
     def degrade(self, gt: torch.Tensor, kernel1: torch.Tensor, kernel2: torch.Tensor,
                 sinc_kernel: torch.Tensor) -> torch.Tensor:

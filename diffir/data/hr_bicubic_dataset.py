@@ -1,8 +1,10 @@
 """HR-only super-resolution dataset: the LR image is made on the fly by MATLAB-style bicubic downsampling.
 
-It saves generating and storing an LR folder per scale (``LR_bicubic/X2``, ``X4`` ...) and gives the
-same pairs as MATLAB's ``imresize(hr, 1/scale, 'bicubic')`` saved as 8-bit PNG, which is how the
-standard SR benchmark LR images are made.
+It saves generating and storing an LR folder per scale (``LR_bicubic/X2``, ``X4`` ...). Validation
+images are whole, so their LR is exactly MATLAB's ``imresize(hr, 1/scale, 'bicubic')`` saved as 8-bit
+PNG, which is how the standard SR benchmark LR images are made. Training patches are downscaled after
+cropping, so the outer two LR pixels of a patch see the patch border (imresize's symmetric padding)
+instead of the neighbouring image content.
 """
 from __future__ import annotations
 

@@ -225,12 +225,12 @@ def coverage_stats(generator: MaskGenerator, size: int, n: int, seed: int = 0) -
 
 # ---------------------------------------------------------------------------------------- files
 def read_mask(path: str | os.PathLike) -> np.ndarray:
-    """A mask file as float32 (H, W) in {0, 1}; any non-zero pixel is a hole."""
-    mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    """A mask file as float32 (H, W) in {0, 1}; any non-zero pixel is a hole.
+
+    Read as grey, as LaMa reads masks: an alpha channel must not turn every pixel into a hole."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise FileNotFoundError(f"cannot read mask image {path}")
-    if mask.ndim == 3:  # colour or grey+alpha file: a pixel is a hole if any channel is set
-        mask = mask.max(axis=2)
     return (mask > 0).astype(np.float32)
 
 

@@ -19,14 +19,11 @@ import os
 import warnings
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models import inception as tv_inception
-
-from ..data.masks import list_images
 
 FEATURE_DIM = 2048
 FID_WEIGHTS = "pt_inception-2015-12-05-6726825d.pth"
@@ -261,24 +258,3 @@ class FIDAccumulator:
         if not self.fake or not self.real:
             raise ValueError("FID needs features of both the generated and the reference images")
         return fid_from_features(torch.cat(self.fake), torch.cat(self.real), method=method)
-
-
-def _read_rgb(path: Path) -> torch.Tensor:
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return torch.from_numpy(np.ascontiguousarray(image[..., ::-1])).permute(2, 0, 1).float() / 255
-
-
-def fid_from_folders(generated_dir: str | os.PathLike, reference_dir: str | os.PathLike,
-                     extractor: InceptionFeatures, batch_size: int = 32, device: str | None = None) -> float:
-    """FID between the images of two folders (each read as RGB in [0, 1])."""
-    accumulator = FIDAccumulator(extractor, device)
-    for folder, store in ((generated_dir, accumulator.fake), (reference_dir, accumulator.real)):
-        paths = list_images(folder)
-        for start in range(0, len(paths), batch_size):
-            images = [_read_rgb(p) for p in paths[start:start + batch_size]]
-            # the extractor resizes, so images of different sizes simply go one at a time
-            groups = [torch.stack(images)] if len({im.shape for im in images}) == 1 else [im[None] for im in images]
-            store.extend(accumulator.features(group) for group in groups)
-    return accumulator.compute()

@@ -76,7 +76,7 @@ class DiffusionPriorModel(DiffIRBaseModel):
     def eps_mse(self, dataloader, seed: int = 0) -> float:
         """Mean ε-prediction MSE of the EMA (else the trained) network over the loader's images,
         at VAL_TIMESTEP_COUNT evenly spaced timesteps with noise from a fixed seed."""
-        net = self.net_g_ema if hasattr(self, "net_g_ema") else self.net_g
+        net = self.get_bare_model(self.net_g_ema if hasattr(self, "net_g_ema") else self.net_g)
         was_training = net.training
         net.eval()
         generator = torch.Generator().manual_seed(seed)
