@@ -185,7 +185,7 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
             dist.all_reduce(finite, op=dist.ReduceOp.MIN)
         return bool(finite.item())
 
-    def generator_step(self, current_iter: int, networks=None) -> bool:
+    def generator_step(self, current_iter: int) -> bool:
         """Forward, backward and optimiser step over the micro-batches; False if the step was skipped."""
         optimizer = self.optimizer_for(current_iter)
         optimizer.zero_grad(set_to_none=True)
