@@ -27,16 +27,8 @@ from diffir.utils import crop_to, pad_to_multiple
 from diffir.zoo import ZOO, ModelNotFoundError, find_model, network_options, resolve
 
 REPO = Path(__file__).resolve().parent.parent
-PHOTOS = Path("/work/shared/data/photos")
+PHOTOS = REPO / "demo_data" / "train"
 TINY = dict(n_encoder_res=1, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_net(seed: int = 0, **kwargs) -> DiffIRS2:
@@ -49,13 +41,10 @@ def save_checkpoint(net: torch.nn.Module, path: Path) -> Path:
     return path
 
 
-def photo(height: int, width: int, name: str = "aqua_splash.png") -> np.ndarray:
-    """A natural RGB uint8 image: a bundled photo scaled down, or smooth synthetic content without it."""
-    if (PHOTOS / name).is_file():
-        return np.ascontiguousarray(cv2.resize(cv2.imread(str(PHOTOS / name)), (width, height),
-                                               interpolation=cv2.INTER_AREA)[:, :, ::-1])
-    y, x = np.mgrid[0:height, 0:width] / max(height, width)
-    return (np.stack([np.sin(5 * x + 3 * y + p) for p in (0, 1, 2)], axis=2) * 100 + 128).astype(np.uint8)
+def photo(height: int, width: int, name: str = "fig_bowl.png") -> np.ndarray:
+    """A natural RGB uint8 image: a bundled demo photo scaled down."""
+    return np.ascontiguousarray(cv2.resize(cv2.imread(str(PHOTOS / name)), (width, height),
+                                           interpolation=cv2.INTER_AREA)[:, :, ::-1])
 
 
 def psnr(a: np.ndarray, b: np.ndarray, peak: float = 1.0) -> float:
@@ -190,7 +179,7 @@ def test_seeded_runs_are_identical_and_seeds_matter():
 
 def test_batch_equals_single_images():
     restorer = Restorer(tiny_net(), device="cpu")
-    images = [photo(16, 24, name) for name in ("aqua_splash.png", "colorful_cups.png")]
+    images = [photo(16, 24, name) for name in ("fig_bowl.png", "forest_stream.png")]
     batched = restorer.restore_batch(images, seed=[5, 6])
     singles = [restorer.restore(image, seed=s) for image, s in zip(images, (5, 6))]
     for b, s in zip(batched, singles):

@@ -138,7 +138,7 @@ def test_incompatible_checkpoint_lists_the_mismatching_keys(tmp_path):
         load_prior_weights(DiffusionPriorUNet(**TINY), tmp_path / "bad.pt")
     message = str(err.value)
     assert "out.2.bias" in message and "extra.weight" in message
-    assert "input_blocks.0.0.weight: file (32, 4, 3, 3) vs model (32, 3, 3, 3)" in message
+    assert "input_blocks.0.0.weight: checkpoint (32, 4, 3, 3) vs network (32, 3, 3, 3)" in message
 
 
 def test_missing_checkpoint_names_file_and_official_source(tmp_path):

@@ -40,6 +40,7 @@ import torch
 import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
+from ..utils.state_dict import mismatch_lines
 from .cpen import CPEN, GT_UNSHUFFLE
 from .dirformer import DIRformer
 from .ipr_diffusion import IPRDenoiser, IPRDiffusion
@@ -117,19 +118,11 @@ class _DiffIRBase(nn.Module):
                 raise RuntimeError(f"this is a {name} checkpoint (it has '{key}*' keys) but the network is "
                                    f"{type(self).__name__}; build {name} for it, or load with strict=False "
                                    f"to take only the matching DIRformer 'G.*' weights")
-            own = self.state_dict()
-            missing = [k for k in own if k not in state_dict]
-            unexpected = [k for k in state_dict if k not in own]
-            resized = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs network {tuple(v.shape)}"
-                       for k, v in own.items() if k in state_dict and state_dict[k].shape != v.shape]
-            if missing or unexpected or resized:
-                parts = [f"checkpoint does not match {type(self).__name__}({self.task}, scale {self.scale})"]
-                for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", resized)):
-                    if items:
-                        more = f" ... (+{len(items) - 5} more)" if len(items) > 5 else ""
-                        parts.append(f"{len(items)} {label} key(s): {', '.join(items[:5])}{more}")
-                raise RuntimeError("; ".join(parts) + ". Check the network options (task, scale, dim, num_blocks, "
-                                   "n_encoder_res, inp_channels) against the checkpoint's.")
+            mismatch = mismatch_lines(self.state_dict(), state_dict)
+            if mismatch:
+                raise RuntimeError(f"checkpoint does not match {type(self).__name__}({self.task}, scale {self.scale}); "
+                                   + "; ".join(mismatch) + ". Check the network options (task, scale, dim, "
+                                   "num_blocks, n_encoder_res, inp_channels) against the checkpoint's.")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
 

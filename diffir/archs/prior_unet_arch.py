@@ -32,6 +32,8 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..utils.state_dict import mismatch_lines
+
 NUM_CLASSES = 1000  # ImageNet labels of guided-diffusion's class-conditional models
 GROUPS = 32  # guided-diffusion normalises every feature map with 32-group GroupNorm
 DEFAULT_CHANNEL_MULT = {512: (0.5, 1, 1, 2, 2, 4, 4), 256: (1, 1, 2, 2, 4, 4), 128: (1, 1, 2, 3, 4), 64: (1, 2, 3, 4)}
@@ -383,20 +385,10 @@ def read_prior_checkpoint(path) -> dict[str, torch.Tensor]:
 def load_prior_weights(model: DiffusionPriorUNet, path) -> None:
     """Strictly load ``path`` into ``model``; on a mismatch, list the offending keys."""
     state = read_prior_checkpoint(path)
-    expected = model.state_dict()
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    wrong_shape = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-                   for k, v in expected.items() if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong_shape:
-        lines = [f"{path} does not match the prior architecture (prior_opt); fix prior_opt to the options the "
-                 f"checkpoint was trained with."]
-        for title, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", wrong_shape)):
-            if items:
-                shown = ", ".join(items[:12]) + (f", ... ({len(items) - 12} more)" if len(items) > 12 else "")
-                lines.append(f"  {len(items)} {title}: {shown}")
-        raise ValueError("\n".join(lines))
+    mismatch = mismatch_lines(model.state_dict(), state, shown=12)
+    if mismatch:
+        raise ValueError("\n  ".join([f"{path} does not match the prior architecture (prior_opt); fix prior_opt to "
+                                       f"the options the checkpoint was trained with."] + mismatch))
     # float32 weights whatever the file stores; a model still on the meta device takes the loaded
     # tensors as they are (assign), a live one copies them into its own parameters on its device
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
