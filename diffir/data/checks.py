@@ -15,6 +15,7 @@ second or two. A file whose header is fine but whose pixel data is truncated is 
 """
 from __future__ import annotations
 
+import os
 import os.path as osp
 from concurrent.futures import ThreadPoolExecutor
 from typing import NoReturn
@@ -52,16 +53,23 @@ def _listing(names: list[str]) -> str:
     return shown + (f" (and {len(names) - MAX_LISTED} more)" if len(names) > MAX_LISTED else "")
 
 
-def _image_size(path: str) -> tuple[int, int] | str:
-    """(width, height) from the file header, or the reason the file cannot be read."""
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
+    """(width, height) from the file header; OSError naming the reason when the file cannot be read."""
     try:
         with Image.open(path) as img:
             return img.size
     except Exception as pil_error:  # formats PIL does not know may still be readable by OpenCV (basicsr's reader)
-        img = cv2.imread(path, cv2.IMREAD_UNCHANGED)
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if img is None:
-            return f"{type(pil_error).__name__}: {pil_error}"
+            raise OSError(f"{type(pil_error).__name__}: {pil_error}") from pil_error
         return img.shape[1], img.shape[0]
+
+
+def _size_or_reason(path: str) -> tuple[int, int] | str:
+    try:
+        return image_size(path)
+    except OSError as err:
+        return str(err)
 
 
 class _Check:
@@ -121,7 +129,7 @@ class _Check:
     # ------------------------------------------------------------------ image headers
     def sizes(self, paths: list[str]) -> list[tuple[int, int]]:
         with ThreadPoolExecutor(_HEADER_READERS) as pool:
-            sizes = list(pool.map(_image_size, paths))
+            sizes = list(pool.map(_size_or_reason, paths))
         unreadable = [f"{path} ({size})" for path, size in zip(paths, sizes) if isinstance(size, str)]
         if unreadable:
             self.fail(f"cannot read {len(unreadable)} image file(s): {_listing(unreadable)}")

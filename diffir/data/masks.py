@@ -49,6 +49,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .checks import image_size
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
@@ -280,15 +282,8 @@ def generate_mask_set(image_dir: str | os.PathLike, mask_dir: str | os.PathLike,
         out = mask_dir / f"{image_path.stem}.png"
         if out.exists() and not overwrite:
             raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace the mask set")
-        height, width = _image_size(image_path)
+        width, height = image_size(image_path)  # header only: no need to decode the image
         mask = generator(height, width, seeded_rng(seed, image_path.stem))
         write_mask(out, mask)
         coverage[image_path.stem] = float(mask.mean())
     return coverage
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if image is None:
-        raise ValueError(f"cannot read image {path}")
-    return image.shape[:2]
