@@ -17,13 +17,10 @@ import numpy as np
 from tqdm import tqdm
 
 from .image_io import IMAGE_EXTENSIONS, ImageReadError, is_image_file, read_image, read_mask, write_image
-from .restorer import Restorer
+from .restorer import NETWORK_TASK, Restorer, check_task
 from .zoo import DEFAULT_MODELS, ZOO
 
-TASKS = ("sr", "realsr", "deblur", "inpaint")
-_NETWORK_TASK = {"sr": "sr", "realsr": "sr", "deblur": "deblur", "inpaint": "inpaint"}
-
-
+TASKS = tuple(NETWORK_TASK)
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inference.py", description="Restore images with a DiffIR stage-two model.",
@@ -100,10 +97,7 @@ def _output_path(source: Path, args) -> Path:
 
 
 def _resolve_task(args, restorer: Restorer) -> None:
-    if args.task and _NETWORK_TASK[args.task] != restorer.task:
-        raise ValueError(f"--task {args.task} but the model does {restorer.task}")
-    if args.scale and args.scale != restorer.scale:
-        raise ValueError(f"--scale {args.scale} but the model restores at x{restorer.scale}")
+    check_task(restorer, args.task, args.scale)
     if restorer.task == "inpaint" and not args.mask:
         raise ValueError("the model does inpainting: give --mask (a file or a folder of masks)")
 

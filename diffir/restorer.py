@@ -48,6 +48,18 @@ from .zoo import find_model, network_options
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
+# inference.py's --task names and the network task each one runs
+NETWORK_TASK = {"sr": "sr", "realsr": "sr", "deblur": "deblur", "inpaint": "inpaint"}
+
+
+def check_task(restorer: "Restorer", task: str | None, scale: int | None) -> None:
+    """Refuse a --task / --scale that the loaded model does not do."""
+    if task and NETWORK_TASK[task] != restorer.task:
+        raise ValueError(f"--task {task} but the model does {restorer.task}")
+    if scale and scale != restorer.scale:
+        raise ValueError(f"--scale {scale} but the model restores at x{restorer.scale}")
+
+
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     """'auto' picks CUDA, then Apple MPS, then the CPU; an explicit device must be available."""
     if isinstance(device, torch.device):

@@ -15,11 +15,8 @@ from pathlib import Path
 
 from ..image_io import read_image, read_mask
 from ..options import load_yaml
-from ..restorer import Restorer
+from ..restorer import NETWORK_TASK, Restorer, check_task
 from .suite import Benchmark, BenchmarkSet, list_samples, stochasticity, write_summary
-
-_NETWORK_TASK = {"sr": "sr", "realsr": "sr", "deblur": "deblur", "inpaint": "inpaint"}
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark.py", description="Benchmark a DiffIR model.")
@@ -33,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="name of the command-line set (matched to the paper's sets)")
     parser.add_argument("--filename-tmpl", default="{}", help="LQ stem from GT stem, e.g. '{}x4'")
     parser.add_argument("--restored", help="score existing outputs in this folder instead of running a model")
-    parser.add_argument("--task", choices=tuple(_NETWORK_TASK), help="needed with --restored (else the model's)")
+    parser.add_argument("--task", choices=tuple(NETWORK_TASK), help="needed with --restored (else the model's)")
     parser.add_argument("-s", "--scale", type=int, default=None, help="SR scale, needed with --restored")
     parser.add_argument("-o", "--output", default="results/benchmark", help="output folder")
     parser.add_argument("--metrics", help="comma-separated: psnr,ssim,lpips,niqe,fid (default: the task's)")
@@ -84,7 +81,7 @@ def _setup(args):
     if args.restored:
         if not args.task:
             raise ValueError("--restored needs --task (and --scale for SR)")
-        task = _NETWORK_TASK[args.task]
+        task = NETWORK_TASK[args.task]
         scale = args.scale or (4 if task == "sr" else 1)
         return sets, notes, None, task, scale, f"Benchmark of {args.restored}"
     model = args.model or (opt.get("path") or {}).get("pretrain_network_g")
@@ -95,10 +92,7 @@ def _setup(args):
     restorer = Restorer.from_pretrained(model, options=network, param_key=param_key, device=args.device,
                                         precision="fp16" if args.half else "fp32", tile=args.tile or None,
                                         tile_overlap=args.tile_overlap)
-    if args.task and _NETWORK_TASK[args.task] != restorer.task:
-        raise ValueError(f"--task {args.task} but the model does {restorer.task}")
-    if args.scale and args.scale != restorer.scale:
-        raise ValueError(f"--scale {args.scale} but the model restores at x{restorer.scale}")
+    check_task(restorer, args.task, args.scale)
     title = f"Benchmark of {model} ({restorer.task} x{restorer.scale})"
     return sets, notes, restorer, restorer.task, restorer.scale, title
 
