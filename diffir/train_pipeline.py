@@ -3,11 +3,13 @@
 Differences from ``basicsr.train.train_pipeline``: datasets are checked before anything starts
 (clear errors for missing folders, mismatched pairs, wrong sizes, unreadable files); CPU and gloo
 DDP work; resuming loads training states on the model's device and never renames or archives the
-experiment folder; the deblurring progressive patch/batch schedule is applied to each batch.
+experiment folder; a run resumed mid-epoch continues that epoch's sample order where it stopped
+(:class:`ResumableSampler`); the deblurring progressive patch/batch schedule is applied to each batch.
 """
 from __future__ import annotations
 
 import datetime
+import itertools
 import logging
 import math
 import os
@@ -26,6 +28,29 @@ from basicsr.utils.options import copy_opt_file, dict2str
 from .data.checks import check_dataset_options
 from .data.progressive import ProgressiveSchedule
 from .options import parse_options
+
+
+class ResumableSampler(EnlargedSampler):
+    """basicsr's EnlargedSampler (DDP share per rank included) that can start an epoch part-way through.
+
+    ``set_epoch(epoch, start)`` drops the first ``start`` indices of this process's share of the epoch,
+    so a run resumed mid-epoch draws the same sample indices in the same order as the uninterrupted run,
+    without loading the skipped images. Random augmentations (crops, flips) may still differ: they use
+    the numpy/python RNGs of the loading processes, which a resumed run does not put back where the
+    uninterrupted run had them (loader worker processes are reseeded every epoch).
+    """
+
+    start = 0
+
+    def set_epoch(self, epoch, start=0):
+        super().set_epoch(epoch)
+        self.start = start
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self):
+        return self.num_samples - self.start
 
 
 def find_resume_state(opt: dict) -> str | None:
@@ -55,12 +80,11 @@ def create_dataloaders(opt: dict, logger):
         if phase == "train":
             enlarge = dataset_opt.get("dataset_enlarge_ratio", 1)
             train_set = build_dataset(dataset_opt)
-            train_sampler = EnlargedSampler(train_set, opt["world_size"], opt["rank"], enlarge)
+            train_sampler = ResumableSampler(train_set, opt["world_size"], opt["rank"], enlarge)
             train_loader = build_dataloader(train_set, dataset_opt, num_gpu=opt["num_gpu"], dist=opt["dist"],
                                             sampler=train_sampler, seed=opt["manual_seed"])
-            iters_per_epoch = math.ceil(len(train_set) * enlarge / (dataset_opt["batch_size_per_gpu"] * opt["world_size"]))
             logger.info(f"{len(train_set)} training images, batch {dataset_opt['batch_size_per_gpu']} per process "
-                        f"x {opt['world_size']} processes, {iters_per_epoch} iterations per epoch")
+                        f"x {opt['world_size']} processes, {len(train_loader)} iterations per epoch")
         elif phase.split("_")[0] == "val":
             val_set = build_dataset(dataset_opt)
             val_loaders.append(build_dataloader(val_set, dataset_opt, num_gpu=opt["num_gpu"], dist=opt["dist"],
@@ -120,12 +144,20 @@ def train_pipeline(argv=None) -> str:
 
     train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_dataloaders(opt, logger)
     model = build_model(opt)
-    start_epoch = current_iter = 0
+    iters_per_epoch = len(train_loader)  # every epoch has this many: the loader drops incomplete batches
+    start_epoch = current_iter = batches_done = 0
     if resume_state is not None:
         model.resume_training(resume_state)
-        start_epoch, current_iter = resume_state["epoch"], resume_state["iter"]
+        current_iter = resume_state["iter"]
+        # where an uninterrupted run is after current_iter iterations; the data order continues from there
+        start_epoch, batches_done = divmod(current_iter, iters_per_epoch)
+        if not 0 <= current_iter - resume_state["epoch"] * iters_per_epoch <= iters_per_epoch:
+            logger.warning(f"training state of epoch {resume_state['epoch']} at iter {current_iter} does not fit "
+                           f"{iters_per_epoch} iterations per epoch (dataset or batch options changed?): "
+                           f"the data order is not the interrupted run's")
         model.last_saved_state = resume_path
-        logger.info(f"resumed from {resume_path}: epoch {start_epoch}, iter {current_iter}")
+        logger.info(f"resumed from {resume_path}: epoch {start_epoch}, iter {current_iter}, "
+                    f"{batches_done} of its {iters_per_epoch} batches done")
 
     schedule = ProgressiveSchedule.from_options(opt["datasets"]["train"], opt.get("scale", 1))
     msg_logger = MessageLogger(opt, current_iter, tb_logger)
@@ -136,7 +168,8 @@ def train_pipeline(argv=None) -> str:
 
     epoch = start_epoch
     while current_iter < total_iters:
-        train_sampler.set_epoch(epoch)
+        train_sampler.set_epoch(epoch, start=batches_done * train_loader.batch_size)
+        batches_done = 0  # only the resumed epoch starts part-way
         prefetcher.reset()
         train_data = prefetcher.next()
         while train_data is not None and current_iter < total_iters:

@@ -152,6 +152,37 @@ def test_fid_is_computed_over_the_set_and_reported(tmp_path, monkeypatch):
     assert "| celeba_thick | 2 | FID ↓ | 4.0000 | 5.1440 (Table 1) |" in (tmp_path / "res" / "results.md").read_text()
 
 
+def test_inpainting_masks_are_paired_by_name_listing_each_folder_once(tmp_path, monkeypatch):
+    blank = np.zeros((4, 4), np.uint8)
+    for name in ("a", "b", "c", "d"):
+        write_image(tmp_path / "images" / f"{name}.png", np.zeros((4, 4, 3), np.uint8))
+    write_image(tmp_path / "images" / "d_mask0.png", blank)  # beside the images: ignored with a mask folder
+    for name in ("a", "a_mask2", "a_mask1", "b", "ab_mask0", "c_x_mask0"):
+        write_image(tmp_path / "masks" / f"{name}.png", blank)
+    listed, list_images = [], suite._images
+
+    def listing_images(folder):
+        listed.append(folder)
+        return list_images(folder)
+
+    monkeypatch.setattr(suite, "_images", listing_images)
+
+    samples, problems = suite.list_samples(BenchmarkSet("set", tmp_path / "images", mask_dir=tmp_path / "masks"),
+                                           "inpaint")
+    # NAME_mask* comes before NAME.* and the first in name order wins; ab_mask0 and c_x_mask0 are other images'
+    assert {s.name: s.mask.name for s in samples} == {"a": "a_mask1.png", "b": "b.png"}
+    assert problems == [(str(tmp_path / "images" / name), f"no mask {name[0]}_mask*.png in {tmp_path / 'masks'}")
+                        for name in ("c.png", "d.png")]
+    assert listed == [tmp_path / "images", tmp_path / "masks"]
+
+    # without a mask folder the masks lie beside the images, and an image is never its own mask
+    samples, problems = suite.list_samples(BenchmarkSet("set", tmp_path / "images"), "inpaint")
+    assert {s.name: s.mask.name for s in samples} == {"d": "d_mask0.png"}
+    assert [file for file, _ in problems] == [str(tmp_path / "images" / f"{n}.png") for n in "abc"]
+    with pytest.raises(FileNotFoundError, match="benchmark folder not found: .*nowhere"):
+        suite.list_samples(BenchmarkSet("set", tmp_path / "images", mask_dir=tmp_path / "nowhere"), "inpaint")
+
+
 def test_stochasticity_report():
     torch.manual_seed(0)
     restorer = Restorer(DiffIRS2(**TINY), device="cpu")

@@ -185,6 +185,19 @@ def test_bad_images_are_refused(pred, target, match):
         make_loss()(pred, target)
 
 
+def test_input_range_is_checked_on_the_first_call_only(monkeypatch):
+    loss = make_loss()
+    with pytest.raises(ValueError, match=r"span \[0.*, 25\d.*\], outside input_range \[0, 1\]"):
+        loss(images(), images() * 255)
+    loss(images(), images())  # a failed check is repeated; this one passes
+
+    def no_sync(tensor):
+        raise AssertionError(".item() after the first call")
+
+    monkeypatch.setattr(torch.Tensor, "item", no_sync)
+    loss(images(), images() * 255)  # no longer checked, so no GPU synchronisation either
+
+
 def test_explicit_draws_are_checked():
     loss = make_loss()
     with pytest.raises(ValueError, match="noise must have the shape"):

@@ -1,5 +1,6 @@
 """Two-stage training end to end on tiny networks and the bundled photos (CPU)."""
 import logging
+import math
 import os
 import re
 import shutil
@@ -167,6 +168,48 @@ def test_resume_continues_at_the_same_iteration(workdir, basicsr_log):
     assert not list(exp.parent.glob("*archived*"))
 
 
+def test_resume_mid_epoch_draws_the_uninterrupted_runs_samples(workdir, monkeypatch):
+    from diffir.data.hr_bicubic_dataset import HRBicubicDataset
+    (workdir / "ten").mkdir()
+    for i in range(5):  # 10 images in batches of 2: 5 iterations per epoch
+        for name in ("fig_bowl", "forest_stream"):
+            shutil.copy(workdir / "demo_data" / "train" / f"{name}.png", workdir / "ten" / f"{name}{i}.png")
+    opt_path, opt = write_options(workdir, 1)
+    opt["datasets"]["train"].update(dataroot_gt="ten", dataset_enlarge_ratio=1, batch_size_per_gpu=2)
+    del opt["datasets"]["val"], opt["val"]
+    opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
+    loaded, get_item = [], HRBicubicDataset.__getitem__  # dataset indices in the order they are loaded
+
+    def recording_get_item(self, index):
+        loaded.append(index)
+        return get_item(self, index)
+
+    monkeypatch.setattr(HRBicubicDataset, "__getitem__", recording_get_item)
+
+    run_train(["-opt", str(opt_path), "--force_yml", "name=uninterrupted", "train:total_iter=7"])
+    uninterrupted = list(loaded)
+    assert sorted(uninterrupted[:10]) == list(range(10))  # epoch 0 loads each image once
+    loaded.clear()
+    run_train(["-opt", str(opt_path), "--force_yml", "train:total_iter=2"])  # stops at 2.state, mid-epoch
+    assert loaded == uninterrupted[:6]  # the loop loads one batch ahead, also past its last iteration
+    loaded.clear()
+    run_train(["-opt", str(opt_path), "--auto_resume", "--force_yml", "train:total_iter=7"])
+    # iterations 3-5 finish epoch 0 without loading its first 4 images again, 6-7 start epoch 1
+    assert loaded == uninterrupted[4:]
+
+
+def test_resumable_sampler_skips_the_start_of_each_ranks_share():
+    from diffir.train_pipeline import ResumableSampler
+    for rank in (0, 1):
+        sampler = ResumableSampler(list(range(7)), num_replicas=2, rank=rank, ratio=3)
+        sampler.set_epoch(4)
+        share = list(sampler)
+        sampler.set_epoch(4, start=5)
+        assert list(sampler) == share[5:] and len(sampler) == len(share) - 5
+        sampler.set_epoch(5)  # later epochs start at their beginning again
+        assert len(list(sampler)) == len(sampler) == len(share)
+
+
 def test_non_finite_loss_is_skipped_then_stops(workdir, monkeypatch):
     opt_path, _ = write_options(workdir, 1, max_nonfinite_steps=3)
     model = model_from(opt_path)
@@ -230,7 +273,8 @@ def test_two_process_cpu_ddp(workdir):
     assert (workdir / "experiments" / "demo_DiffIRS1_x4" / "models" / "net_g_latest.pth").is_file()
 
 
-def test_gan_stage_two_trains_generator_and_discriminator(workdir):
+def gan_stage_two_model(workdir, **train_overrides):
+    """A DiffIRGANS2Model on a briefly trained stage one."""
     s1_opt, _ = write_options(workdir, 1)
     s1_ckpt = run_train(["-opt", str(s1_opt), "--force_yml", "train:total_iter=2"]) / "models" / "net_g_latest.pth"
     s2_opt, opt = write_options(workdir, 2)
@@ -238,9 +282,13 @@ def test_gan_stage_two_trains_generator_and_discriminator(workdir):
     opt["path"].update(pretrain_network_g=str(s1_ckpt), pretrain_network_S1=str(s1_ckpt))
     opt["network_d"] = {"type": "UNetDiscriminatorSN", "num_in_ch": 3, "num_feat": 8, "skip_connection": True}
     opt["train"].update(encoder_iter=0, optim_d={"type": "Adam", "lr": 1e-4, "betas": [0.9, 0.99]},
-                        gan_opt={"type": "GANLoss", "gan_type": "vanilla", "loss_weight": 0.1})
+                        gan_opt={"type": "GANLoss", "gan_type": "vanilla", "loss_weight": 0.1}, **train_overrides)
     s2_opt.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
-    model = model_from(s2_opt)
+    return model_from(s2_opt)
+
+
+def test_gan_stage_two_trains_generator_and_discriminator(workdir):
+    model = gan_stage_two_model(workdir)
     d_before = [p.clone() for p in model.net_d.parameters()]
     for it in range(1, 3):
         model.feed_data(fixed_batch())
@@ -249,6 +297,26 @@ def test_gan_stage_two_trains_generator_and_discriminator(workdir):
     assert {"l_pix", "l_ipr", "l_g_gan", "l_d_real", "l_d_fake"} <= set(log)
     assert any(not torch.equal(a, b) for a, b in zip(d_before, model.net_d.parameters()))
     assert "net_d" in model.networks_to_save()
+
+
+def test_gan_discriminator_steps_every_iteration_and_alone_before_net_d_init_iters(workdir):
+    model = gan_stage_two_model(workdir, net_d_init_iters=2)
+    nets = {"g": model.net_g, "g_ema": model.net_g_ema, "d": model.net_d}
+
+    def step_and_report_changes(it):
+        before = {name: [p.detach().clone() for p in net.parameters()] for name, net in nets.items()}
+        model.feed_data(fixed_batch())
+        model.optimize_parameters(it)
+        return {name for name, net in nets.items()
+                if any(not torch.equal(a, b) for a, b in zip(before[name], net.parameters()))}
+
+    for it in (1, 2):
+        assert step_and_report_changes(it) == {"d"}
+        log = model.get_current_log()
+        assert set(log) == {"l_d_real", "l_d_fake", "out_d_real", "out_d_fake"}, log
+        assert all(math.isfinite(v) for v in log.values())
+    assert step_and_report_changes(3) == {"g", "g_ema", "d"}
+    assert {"l_pix", "l_g_gan", "l_d_real", "l_d_fake"} <= set(model.get_current_log())
 
 
 def test_perceptual_loss_without_vgg_weights_names_the_file(workdir, monkeypatch):

@@ -17,6 +17,7 @@ import csv
 import io
 import math
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,11 +82,22 @@ def _is_mask_name(path: Path) -> bool:
     return "_mask" in path.stem
 
 
-def _mask_for(image: Path, mask_dir: Path) -> Path | None:
-    candidates = [p for p in _images(mask_dir) if p.stem.startswith(f"{image.stem}_mask")]
-    if mask_dir != image.parent:
-        candidates += [p for p in _images(mask_dir) if p.stem == image.stem]
-    return candidates[0] if candidates else None
+def _mask_finder(mask_dir: Path):
+    """``find(image)``: the first ``image.stem + "_mask*"`` in name order, else (in a folder other than
+    the image's) the first ``image.stem + ".*"``, else None. The folder is listed once for all images."""
+    by_prefix, by_stem = {}, {}
+    for path in _images(mask_dir):  # in name order, so setdefault keeps the first match
+        by_stem.setdefault(path.stem, path)
+        # "_mask" cannot overlap itself, so its matches are all the places a NAME + "_mask" prefix can end
+        for match in re.finditer("_mask", path.stem):
+            by_prefix.setdefault(path.stem[:match.start()], path)
+
+    def find(image: Path) -> Path | None:
+        if image.stem in by_prefix:
+            return by_prefix[image.stem]
+        return by_stem.get(image.stem) if mask_dir != image.parent else None
+
+    return find
 
 
 def list_samples(bset: BenchmarkSet, task: str) -> tuple[list[Sample], list[tuple[str, str]]]:
@@ -94,8 +106,10 @@ def list_samples(bset: BenchmarkSet, task: str) -> tuple[list[Sample], list[tupl
     if task == "inpaint":
         mask_dir = bset.mask_dir or bset.lq_dir
         samples = []
-        for image in (p for p in _images(bset.lq_dir) if not _is_mask_name(p)):
-            mask = _mask_for(image, mask_dir)
+        images = [p for p in _images(bset.lq_dir) if not _is_mask_name(p)]
+        find_mask = _mask_finder(mask_dir) if images else None  # no images: the mask folder is not read
+        for image in images:
+            mask = find_mask(image)
             if mask is None:
                 problems.append((str(image), f"no mask {image.stem}_mask*.png in {mask_dir}"))
             else:

@@ -82,6 +82,8 @@ class DiffLoss(nn.Module):
         t_range: timesteps are drawn uniformly from [t_range[0], t_range[1]); default all of them.
         num_timesteps, beta_start, beta_end: the prior's noise schedule (guided-diffusion's linear one).
         input_range: value range of the images given to the loss; mapped linearly to the prior's [-1, 1].
+            The targets of each instance's first call are checked against it (a later check would
+            cost a GPU synchronisation every step; a wrong range, e.g. 0-255 data, shows at once).
         fit: how images of another size than the prior's ``image_size`` reach it: 'resize'
             (bilinear), 'random_crop' (the same window of prediction and target), or 'none' (as
             they are; the prior is convolutional, sizes must be multiples of its downsampling).
@@ -130,6 +132,7 @@ class DiffLoss(nn.Module):
         self.sem_weight = float(sem_weight)
         self.t_range = (low, high)
         self.input_range = (float(input_range[0]), float(input_range[1]))
+        self.range_checked = False
         self.fit = fit
         self.precision = PRECISIONS[autocast_dtype]
         self.checkpoint = checkpoint
@@ -155,6 +158,11 @@ class DiffLoss(nn.Module):
         if pred.shape[1] != channels:
             raise ValueError(f"DiffLoss needs {channels}-channel images (the prior's input), got {pred.shape[1]} "
                              f"channels")
+        if not self.range_checked:  # first call only: reading the values back syncs with the GPU
+            self._check_range(target)
+            self.range_checked = True
+
+    def _check_range(self, target: torch.Tensor) -> None:
         low, high = self.input_range
         tol = 1e-3 * (high - low)
         t_min, t_max = (v.item() for v in torch.aminmax(target.detach()))

@@ -10,8 +10,9 @@ from .discriminator import DiscriminatorMixin
 
 class AdversarialMixin(DiscriminatorMixin):
     """``gan_opt`` + a discriminator ``network_d`` (basicsr's UNetDiscriminatorSN in the official
-    configs) on top of a DiffIR model's own losses. G and D are updated every ``net_d_iters``
-    iterations after ``net_d_init_iters``; ``gan_gt_usm`` selects the real images D sees."""
+    configs) on top of a DiffIR model's own losses. As in basicsr's ESRGAN, D is updated every
+    iteration and G every ``net_d_iters`` iterations after ``net_d_init_iters`` (until then only D
+    learns); ``gan_gt_usm`` selects the real images D sees."""
 
     def init_training_settings(self):
         self.build_discriminator()

@@ -2,14 +2,16 @@
 optionally initialised from ``path.pretrain_network_d``, optimised by ``optimizer_d`` (``optim_d``)
 and saved as ``net_d_<iter>.pth`` and in the training state."""
 from collections import OrderedDict
+from contextlib import nullcontext
 
+import torch
 from basicsr.archs import build_network
 from basicsr.losses import build_loss
 
 
 class DiscriminatorMixin:
     """Subclasses define ``discriminator_step()`` (returns its log) and may gate the generator with
-    ``generator_due(current_iter)``."""
+    ``generator_due(current_iter)``; the discriminator steps on every iteration."""
 
     def build_discriminator(self) -> None:
         """Build ``net_d`` and ``cri_gan``; call before the base ``init_training_settings``."""
@@ -28,15 +30,32 @@ class DiscriminatorMixin:
         return True
 
     def optimize_parameters(self, current_iter):
-        """A generator step with D frozen, then a discriminator step on the generator's output."""
+        """A generator step with D frozen (when due), then a discriminator step on the generator's
+        output. D steps every iteration, as in basicsr's ESRGAN: without a generator step it sees the
+        output of a gradient-free generator forward, and only its own losses are logged."""
         self.net_d.requires_grad_(False)
-        stepped = self.generator_step(current_iter) if self.generator_due(current_iter) else False
-        log = OrderedDict(self.loss_dict) if stepped else OrderedDict()
-        if stepped and self.output is not None:  # None in stage two's encoder phase
+        self.output = None
+        if self.generator_due(current_iter):
+            stepped = self.generator_step(current_iter)  # output stays None if skipped (non-finite loss)
+            log = OrderedDict(self.loss_dict)
+        else:
+            stepped = False
+            self.output = self.generator_output(current_iter)
+            log = OrderedDict()
+        if self.output is not None:  # also None in stage two's encoder phase
             log.update(self.discriminator_step())
         if stepped and self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
         self.log_dict = self.reduce_loss_dict(log) if log else OrderedDict()
+
+    def generator_output(self, current_iter):
+        """The generator's training forward over the micro-batches, without gradients. Its losses are
+        computed and dropped: D-only iterations are few (none in the official recipes, which set
+        net_d_iters 1 and net_d_init_iters 0)."""
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+        with torch.no_grad(), autocast:
+            outputs = [self.compute_losses(batch, current_iter)[2] for batch in self._micro_batches()]
+        return torch.cat(outputs) if outputs[0] is not None else None
 
     def setup_optimizers(self):
         super().setup_optimizers()
