@@ -2,7 +2,8 @@
 
 Both paths run the same weights (random, official full-size configurations from ``diffir.zoo``:
 the x4 SR network and the deblurring network). The plain path always runs in float32 eager mode;
-the fast path runs in ``--dtype`` (autocast), optionally under ``torch.compile`` (``--compile``), and
+the compared side runs ``--fast-impl`` (the fast path by default; ``plain`` measures precision and
+compilation alone) in ``--dtype`` (autocast), optionally under ``torch.compile`` (``--compile``), and
 is fed channels_last inputs (which also speeds up CPEN's convolutions). For each case it prints the
 median latency of each path, its throughput, the speedup and the largest absolute difference
 between the two outputs:
@@ -26,6 +27,7 @@ Examples::
 
     python benchmarks/speed.py --quick                       # CPU, a few minutes
     python benchmarks/speed.py --device cuda --dtype bf16 --image /work/shared/data/photos/dune_grass.png
+    python benchmarks/speed.py --device cuda --dtype bf16 --fast-impl plain --compile --compile-mode reduce-overhead
 """
 from __future__ import annotations
 
@@ -42,6 +44,8 @@ import torch
 import torch.nn.functional as F
 
 from diffir import DiffIRS1, DiffIRS2
+from diffir.checkpoint import network_for_state_dict, read_state_dict
+from diffir.utils.compile import MODES, compile_network
 from diffir.zoo import PRESETS, stage_one
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -54,6 +58,7 @@ class Setup:
     device: torch.device
     dtype: torch.dtype
     compile_mode: str | None  # torch.compile mode for the fast path's DIRformer; None: eager
+    fast_impl: str = "fast"  # the DIRformer implementation of the compared ("fast") side
 
     def autocast(self):
         if self.dtype == torch.float32:
@@ -75,28 +80,30 @@ def build_pair(preset: str, stage: int, setup: Setup, mode: str) -> tuple[torch.
     cls = DiffIRS2 if stage == 2 else DiffIRS1
     torch.manual_seed(0)
     plain = cls(**network_options(preset, stage), impl="plain").to(setup.device)
-    fast = cls(**network_options(preset, stage), impl="fast").to(setup.device)
+    fast = cls(**network_options(preset, stage), impl=setup.fast_impl).to(setup.device)
     fast.load_state_dict(plain.state_dict())
     for net in (plain, fast):
         net.train(mode == "train")
-    if setup.compile_mode:
-        fast.G.compile(mode=setup.compile_mode)
-    return plain, fast
+    return plain, compile_network(fast, setup.compile_mode)
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def median_times(runs: dict, repeats: int, setup: Setup, warmup: int) -> tuple[dict, dict]:
-    """Median seconds of each named callable over interleaved repetitions (the order alternates), and
-    the output of each one's first call."""
-    outputs = {}
+def median_times(runs: dict, repeats: int, setup: Setup, warmup: int) -> tuple[dict, dict, dict]:
+    """Median seconds of each named callable over interleaved repetitions (the order alternates), the
+    output of each one's first call, and the seconds of that first call (compilation included)."""
+    outputs, first_call = {}, {}
     for name, run in runs.items():
         for _ in range(warmup):  # also triggers compilation and cuDNN autotuning
+            setup.synchronize()
+            start = time.perf_counter()
             out = run()
+            setup.synchronize()
             if name not in outputs:  # a copy: CUDA-graph replays reuse their output memory
                 outputs[name] = out.clone()
+                first_call[name] = time.perf_counter() - start
     times = {name: [] for name in runs}
     for r in range(repeats):
         for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
@@ -105,12 +112,12 @@ def median_times(runs: dict, repeats: int, setup: Setup, warmup: int) -> tuple[d
             runs[name]()
             setup.synchronize()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, outputs
+    return {name: statistics.median(t) for name, t in times.items()}, outputs, first_call
 
 
 def compare(run_plain, run_fast, repeats: int, setup: Setup, warmup: int) -> dict:
-    medians, outputs = median_times({"plain": run_plain, "fast": run_fast}, repeats, setup, warmup)
-    return {**medians, "out_plain": outputs["plain"], "out_fast": outputs["fast"]}
+    medians, outputs, first_call = median_times({"plain": run_plain, "fast": run_fast}, repeats, setup, warmup)
+    return {**medians, "out_plain": outputs["plain"], "out_fast": outputs["fast"], "first_fast": first_call["fast"]}
 
 
 def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -122,8 +129,8 @@ def report(label: str, result: dict, images: int) -> dict:
     result["speedup"] = plain / fast
     result["maxdiff"] = max_abs_diff(result["out_plain"], result["out_fast"])
     print(f"{label:<28} plain {plain * 1e3:9.1f} ms {images / plain:8.2f} img/s | fast {fast * 1e3:9.1f} ms "
-          f"{images / fast:8.2f} img/s | speedup {result['speedup']:5.2f}x | maxdiff {result['maxdiff']:.2e}",
-          flush=True)
+          f"{images / fast:8.2f} img/s | speedup {result['speedup']:5.2f}x | maxdiff {result['maxdiff']:.2e} | "
+          f"fast first call {result['first_fast']:.1f} s", flush=True)
     return result
 
 
@@ -159,7 +166,7 @@ def diffusion_share(size: int, setup: Setup, repeats: int) -> float:
         with setup.autocast():
             return fast(lq, noise=noise, ipr_only=True)
 
-    medians, _ = median_times({"whole": whole, "ipr": ipr_only}, repeats, setup, warmup=1)
+    medians, _, _ = median_times({"whole": whole, "ipr": ipr_only}, repeats, setup, warmup=1)
     share = medians["ipr"] / medians["whole"]
     print(f"S2 x4 SR {size}x{size}: whole {medians['whole'] * 1e3:.1f} ms, CPEN_S2 + {fast.diffusion.num_timesteps} "
           f"denoiser steps {medians['ipr'] * 1e3:.1f} ms = {share:.1%} of inference (target <= 5%)", flush=True)
@@ -180,7 +187,7 @@ def train_case(stage: int, setup: Setup, batch: int, lr_size: int, repeats: int,
     def trainer(net: torch.nn.Module, dtype: torch.dtype, lq: torch.Tensor, gt: torch.Tensor):
         optimizer = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.99))
         scaler = torch.amp.GradScaler(setup.device.type, enabled=dtype == torch.float16)
-        precision = Setup(setup.device, dtype, compile_mode=None)
+        precision = Setup(setup.device, dtype, compile_mode=None, fast_impl=setup.fast_impl)
 
         def iteration() -> torch.Tensor:
             optimizer.zero_grad(set_to_none=True)
@@ -225,15 +232,20 @@ def load_photo(path: str, size: int) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0
 
 
+def trained_pair(weights: str, setup: Setup) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The plain and the compared network, both with the weights of a checkpoint (configuration
+    inferred from them)."""
+    state_dict, _ = read_state_dict(weights)
+    plain, fast = (network_for_state_dict(state_dict, origin=weights).to(setup.device) for _ in range(2))
+    plain.G.impl, fast.G.impl = "plain", setup.fast_impl
+    return plain, compile_network(fast, setup.compile_mode)
+
+
 @torch.inference_mode()
 def photo_psnr(path: str, weights: str | None, size: int, setup: Setup) -> float:
-    plain, fast = build_pair("sr-x4", 2, setup, "eval")
-    if weights:
-        from diffir.checkpoint import read_state_dict
-
-        state_dict, _ = read_state_dict(weights)
-        for net in (plain, fast):
-            net.load_state_dict(state_dict)
+    plain, fast = trained_pair(weights, setup) if weights else build_pair("sr-x4", 2, setup, "eval")
+    if fast.scale != 4:
+        raise ValueError(f"--weights: {weights} is a x{fast.scale} network; the PSNR check needs an x4 SR network")
     hr = load_photo(path, size).to(setup.device)
     lq = F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
     noise = torch.randn(1, IPR_DIM, generator=torch.Generator().manual_seed(3)).to(setup.device)
@@ -242,21 +254,22 @@ def photo_psnr(path: str, weights: str | None, size: int, setup: Setup) -> float
         out_fast = fast(channels_last(lq), noise=noise)
     p_plain, p_fast = psnr(out_plain, hr), psnr(out_fast, hr)
     kind = "trained" if weights else "random"
-    print(f"PSNR x4 SR of {path} ({size}x{size}, {kind} weights): plain fp32 {p_plain:.4f} dB, fast "
-          f"{DTYPE_NAMES[setup.dtype]} {p_fast:.4f} dB, difference {abs(p_fast - p_plain):.4f} dB (target <= 0.01); "
-          f"fast vs plain {psnr(out_fast, out_plain):.1f} dB, maxdiff {max_abs_diff(out_fast, out_plain):.2e}",
+    print(f"PSNR x4 SR of {path} ({size}x{size}, {kind} weights): plain fp32 {p_plain:.4f} dB, "
+          f"{setup.fast_impl} {DTYPE_NAMES[setup.dtype]} {p_fast:.4f} dB, difference {abs(p_fast - p_plain):.4f} dB "
+          f"(target <= 0.01); the two outputs: {psnr(out_fast, out_plain):.1f} dB, maxdiff {max_abs_diff(out_fast, out_plain):.2e}",
           flush=True)
     return p_fast - p_plain
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="autocast dtype of the fast path")
     parser.add_argument("--compile", action="store_true", help="torch.compile the fast path's DIRformer")
-    parser.add_argument("--compile-mode", default="default",
-                        choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"],
+    parser.add_argument("--compile-mode", default="default", choices=MODES,
                         help="torch.compile mode with --compile ('reduce-overhead' uses CUDA graphs)")
+    parser.add_argument("--fast-impl", default="fast", choices=["fast", "plain"],
+                        help="DIRformer implementation of the compared side (plain: measure only --dtype / --compile)")
     parser.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (for a CPU)")
     parser.add_argument("--repeats", type=int, help="timed repetitions per path (default 3 quick, 10 otherwise)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads on the CPU (default: torch's choice)")
@@ -265,14 +278,16 @@ def main() -> None:
                         help="training LR patch side (default 64: the official 256x256 GT patch)")
     parser.add_argument("--image", help="a photo for the PSNR check (x4 SR of a centre crop)")
     parser.add_argument("--photo-size", type=int, default=512, help="side of the photo's centre crop (HR)")
-    parser.add_argument("--weights", help="a trained x4 SR DiffIRS2 checkpoint for the PSNR check")
-    args = parser.parse_args()
+    parser.add_argument("--weights", help="a trained x4 SR DiffIRS2 checkpoint for the PSNR check (configuration "
+                                          "inferred from it, e.g. pretrained/demo_DiffIRS2_x4.pth)")
+    args = parser.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
     if args.threads:
         torch.set_num_threads(args.threads)
-    setup = Setup(torch.device(args.device), DTYPES[args.dtype], args.compile_mode if args.compile else None)
+    setup = Setup(torch.device(args.device), DTYPES[args.dtype], args.compile_mode if args.compile else None,
+                  args.fast_impl)
     cuda = args.device == "cuda"
     repeats = args.repeats or (3 if args.quick else 10)
     warmup = 2 if args.compile or cuda else 1
@@ -280,7 +295,7 @@ def main() -> None:
     batch = args.train_batch or (8 if cuda else 2)
     device_name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
     compiled = f", torch.compile mode={args.compile_mode}" if args.compile else ""
-    print(f"# {device_name}; fast path: {args.dtype}{compiled}, channels_last inputs; "
+    print(f"# {device_name}; compared side: impl={args.fast_impl}, {args.dtype}{compiled}, channels_last inputs; "
           f"plain path: fp32 eager; medians of {repeats} interleaved repetitions", flush=True)
 
     results = {size: inference_case("sr-x4", size, setup, repeats, warmup) for size in sr_sizes}

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from .image_io import IMAGE_EXTENSIONS, ImageReadError, is_image_file, read_image, read_mask, write_image
 from .restorer import NETWORK_TASK, Restorer, check_task
+from .utils.compile import MODES
 from .zoo import DEFAULT_MODELS, ZOO
 
 TASKS = tuple(NETWORK_TASK)
@@ -40,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
     precision.add_argument("--half", action="store_true", help="fp16 autocast (fp32 re-run on NaN/inf)")
     precision.add_argument("--bf16", action="store_true", help="bfloat16 autocast (fp32 re-run on NaN/inf)")
     parser.add_argument("--batch", type=int, default=1, help="images of equal size restored together")
+    parser.add_argument("--compile", nargs="?", const="default", choices=MODES, metavar="MODE",
+                        help="torch.compile the network (MODE: default, reduce-overhead = CUDA graphs, max-autotune, "
+                             "max-autotune-no-cudagraphs); pays off on many images of one size")
     parser.add_argument("--model2", help="second checkpoint (same architecture) to blend towards")
     parser.add_argument("--blend", type=float, help="weight of --model2 in [0, 1]: 0 = --model, 1 = --model2")
     parser.add_argument("--mask", help="inpainting: mask file, or folder of masks named like the images "
@@ -115,7 +119,8 @@ def _load_restorer(args) -> Restorer:
     precision = "fp16" if args.half else "bf16" if args.bf16 else "fp32"
     return Restorer.from_pretrained(model, options=args.opt, model2=args.model2, blend=args.blend or 0.0,
                                     param_key=args.param_key, device=args.device,
-                                    precision=precision, tile=args.tile or None, tile_overlap=args.tile_overlap)
+                                    precision=precision, tile=args.tile or None, tile_overlap=args.tile_overlap,
+                                    compile=args.compile)
 
 
 def _restore_group(restorer: Restorer, jobs: list[_Job], seed, failures: _Failures) -> int:

@@ -42,6 +42,7 @@ from .archs.ipr_diffusion import IPR_DIM
 from .checkpoint import blend_state_dicts, network_for_state_dict, read_state_dict
 from .image_io import merge_image, split_image
 from .inpainting import composite, prepare_inpainting_input
+from .utils.compile import compile_network
 from .utils.padding import crop_to, pad_to_multiple
 from .zoo import find_model, network_options
 
@@ -131,10 +132,13 @@ class Restorer:
         precision: 'fp32', 'fp16' or 'bf16' (autocast, with an fp32 re-run on non-finite output).
         tile: tile side in input pixels (rounded down to the size multiple); None: whole image.
         tile_overlap: input pixels shared by neighbouring tiles, blended with linear ramps.
+        compile: ``torch.compile`` the DIRformer: True, a mode name (``'reduce-overhead'``: CUDA
+            graphs) or a mapping of torch.compile arguments (see :mod:`diffir.utils.compile`). The
+            first image of each new size pays the compilation.
     """
 
     def __init__(self, net: nn.Module, device: str | torch.device = "auto", precision: str = "fp32",
-                 tile: int | None = None, tile_overlap: int = 32):
+                 tile: int | None = None, tile_overlap: int = 32, compile: bool | str | Mapping | None = None):
         if isinstance(net, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
             net = net.module
         if not isinstance(net, DiffIRS2):
@@ -143,7 +147,7 @@ class Restorer:
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
         self.device = resolve_device(device)
-        self.net = net.eval().to(self.device)
+        self.net = compile_network(net.eval().to(self.device), compile)
         self.precision = precision
         self.tile = None
         if tile is not None:
@@ -258,7 +262,8 @@ class Restorer:
     def _forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         ipr = self.ipr(x, noise)
         if not self._needs_tiles(x):
-            return self.net.G(x, ipr).float()
+            # a copy: with CUDA graphs (compile mode 'reduce-overhead') the next run reuses the output memory
+            return self.net.G(x, ipr).to(torch.float32, copy=True)
         return self._tiled_dirformer(x, ipr)
 
     # ----------------------------------------------------------------------- IPR

@@ -143,6 +143,7 @@ def train_pipeline(argv=None) -> str:
         tb_logger = init_tb_logger(log_dir=osp.join(opt["root_path"], "tb_logger", opt["name"]))
 
     train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_dataloaders(opt, logger)
+    torch.backends.cudnn.benchmark = True  # fixed patch sizes: cuDNN picks its fastest kernels once (as basicsr)
     model = build_model(opt)
     iters_per_epoch = len(train_loader)  # every epoch has this many: the loader drops incomplete batches
     start_epoch = current_iter = batches_done = 0

@@ -4,6 +4,7 @@ import torch
 
 from diffir import DiffIRS1, DiffIRS2
 from diffir.archs.dirformer import DIRformer
+from diffir.utils.compile import compile_arguments, compile_network
 from official_fixture import load_fixture, materialize
 
 # Tiny versions of every task head; two blocks on levels with several heads and bias=True somewhere,
@@ -180,4 +181,34 @@ def test_fast_path_compiles_without_graph_breaks():
         ref = net(x, ipr)
         compiled = torch.compile(net, backend="aot_eager", fullgraph=True)
         out = compiled(x, ipr)
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_compile_option_values_and_errors():
+    assert compile_arguments(None) is None and compile_arguments(False) is None
+    assert compile_arguments(True) == {"dynamic": False}  # graphs specialised to each input shape
+    assert compile_arguments("reduce-overhead") == {"mode": "reduce-overhead", "dynamic": False}
+    assert compile_arguments({"backend": "aot_eager", "dynamic": None}) == {"backend": "aot_eager", "dynamic": None}
+    with pytest.raises(ValueError, match=r"compile\.mode: expected one of .*got 'fastest'"):
+        compile_arguments({"mode": "fastest"})
+    with pytest.raises(ValueError, match=r"compile: unknown torch.compile argument\(s\) \['backnd'\]"):
+        compile_arguments({"backnd": "eager"})
+    with pytest.raises(ValueError, match="compile: expected true/false, a mode name"):
+        compile_arguments(3)
+
+
+def test_compile_network_compiles_the_dirformer_in_place():
+    """Only the DIRformer is compiled, in place: the state-dict keys stay those of the eager network
+    (no ``_orig_mod.`` prefix), so checkpoints are interchangeable."""
+    torch.manual_seed(0)
+    net = DiffIRS2(n_encoder_res=1, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1],
+                   scale=4).eval()
+    keys = list(net.state_dict())
+    x, noise = torch.rand(1, 3, 16, 16), torch.randn(1, 256)
+    with torch.no_grad():
+        ref = net(x, noise=noise)
+        assert compile_network(net, {"backend": "aot_eager", "fullgraph": True}) is net
+        out = net(x, noise=noise)
+    assert net.G._compiled_call_impl is not None and net.condition._compiled_call_impl is None
+    assert list(net.state_dict()) == keys
     assert (out - ref).abs().max().item() <= 1e-5

@@ -20,7 +20,7 @@ from PIL import Image
 from diffir import DiffIRS1, DiffIRS2
 from diffir.checkpoint import (CheckpointError, blend_state_dicts, infer_network_options, network_for_state_dict,
                                read_state_dict)
-from diffir.cli import main as inference_main
+from diffir.cli import build_parser, main as inference_main
 from diffir.image_io import ImageReadError, read_image, read_mask, split_image, write_image
 from diffir.restorer import Restorer, initial_noise
 from diffir.utils import crop_to, pad_to_multiple
@@ -144,6 +144,24 @@ def test_restorer_matches_the_network_forward():
     assert torch.allclose(Restorer(net, device="cpu").restore_tensor(lq, noise=initial_noise(1, 7)), expected,
                           atol=1e-6)
 
+
+
+def test_compiled_restorer_matches_eager():
+    """compile=True: inductor on the CPU, the suite's one real compilation (about 20 s)."""
+    lq = torch.from_numpy(photo(16, 24)).permute(2, 0, 1)[None].float() / 255
+    eager = Restorer(tiny_net(), device="cpu").restore_tensor(lq, noise=initial_noise(1, 3))
+    compiled = Restorer(tiny_net(), device="cpu", compile=True)
+    assert torch.allclose(compiled.restore_tensor(lq, noise=initial_noise(1, 3)), eager, atol=1e-5)
+    assert list(compiled.net.state_dict()) == list(tiny_net().state_dict())
+
+
+def test_cli_compile_flag(capsys):
+    assert build_parser().parse_args(["-i", "x"]).compile is None
+    assert build_parser().parse_args(["-i", "x", "--compile"]).compile == "default"
+    assert build_parser().parse_args(["-i", "x", "--compile", "reduce-overhead"]).compile == "reduce-overhead"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["-i", "x", "--compile", "fastest"])
+    assert "invalid choice: 'fastest'" in capsys.readouterr().err
 
 def test_tiled_output_matches_untiled():
     """Tiles share one IPR computed from the whole image, and overlaps are blended.

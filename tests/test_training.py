@@ -47,8 +47,9 @@ def basicsr_log(caplog):
     logger.removeHandler(caplog.handler)
 
 
-def write_options(workdir, stage, **train_overrides):
+def write_options(workdir, stage, top_level=None, **train_overrides):
     opt = load_yaml(str(DEMO / f"train_demo_DiffIRS{stage}_x4.yml"))
+    opt.update(top_level or {})
     for key in ("network_g", "network_S1"):
         if key in opt:
             opt[key].update(TINY_NET)
@@ -242,6 +243,25 @@ def test_gradient_accumulation_matches_full_batch(workdir):
         model.optimize_parameters(1)
     for a, b in zip(full.net_g.parameters(), accumulated.net_g.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+
+
+def test_compile_option_trains_like_eager_and_keeps_checkpoint_keys(workdir):
+    """Top-level ``compile``: the network's DIRformer is compiled in place (aot_eager here: the same
+    kernels as eager, so the step must match), and the saved keys are the eager network's."""
+    torch.manual_seed(0)
+    eager = model_from(write_options(workdir, 1)[0])
+    compiled = model_from(write_options(workdir, 1, top_level={"compile": {"backend": "aot_eager"}})[0])
+    compiled.net_g.load_state_dict(eager.net_g.state_dict())
+    assert compiled.net_g.G._compiled_call_impl is not None and eager.net_g.G._compiled_call_impl is None
+    batch = fixed_batch()
+    for model in (eager, compiled):
+        model.feed_data(batch)
+        model.optimize_parameters(1)
+    assert list(compiled.net_g.state_dict()) == list(eager.net_g.state_dict())
+    for a, b in zip(eager.net_g.parameters(), compiled.net_g.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match=r"compile\.mode: expected one of"):
+        model_from(write_options(workdir, 1, top_level={"compile": {"mode": "fastest"}})[0])
 
 
 def test_too_few_images_for_one_batch_is_an_error(workdir):

@@ -12,6 +12,7 @@
 * Validation pads the LQ image to the network's size multiple, crops the output back and samples
   stage two with a fixed seed, so validation numbers are reproducible.
 * Optional DiffLoss (``train.diffloss_opt``) through :class:`DiffLossMixin`.
+* Optional ``torch.compile`` of the network (top-level ``compile``, see :mod:`diffir.utils.compile`).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ..utils.compile import compile_network
 from ..utils.padding import crop_to, pad_to_multiple
 from .diffloss_mixin import DiffLossMixin
 from .lr_scheduler import CosineAnnealingRestartCyclicLR
@@ -99,6 +101,7 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         complete_network_scale(opt)
         super().__init__(opt)
+        compile_network(self.get_bare_model(self.net_g), opt.get("compile"))
 
     # ------------------------------------------------------------------ devices and setup
     def model_to_device(self, net):

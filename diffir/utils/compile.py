@@ -1,0 +1,60 @@
+"""``torch.compile`` for training, testing and inference, from one ``compile`` option.
+
+The option (YAML top-level key ``compile``, ``Restorer(compile=...)``, ``inference.py --compile``)
+is one of:
+
+* absent, ``None`` or ``False``: eager mode;
+* ``True``: ``torch.compile`` in mode ``'default'`` (inductor);
+* a mode name: ``'default'``, ``'reduce-overhead'`` (CUDA graphs on GPUs), ``'max-autotune'`` or
+  ``'max-autotune-no-cudagraphs'``;
+* a mapping of ``torch.compile`` arguments: ``mode``, ``backend``, ``fullgraph``, ``dynamic``,
+  ``options``.
+
+Unless the option sets ``dynamic``, graphs are specialised to each input shape (``dynamic=False``):
+on the CPU a shape-generic graph of the full-size DIRformer ran several times slower than a
+specialised one, and slower than eager mode. Each new input size then costs one more compilation
+(minutes for the full-size network on a CPU).
+
+Only the DIRformer of a DiffIR network is compiled: it is nearly all the compute, and CPEN and the
+few IPR diffusion steps (a Python loop over timesteps) would only add graphs. Compilation is in
+place (``nn.Module.compile``), so parameter names and state-dict keys stay those of the eager
+network (no ``_orig_mod.`` prefix) and checkpoints are interchangeable.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch.nn as nn
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+ARGUMENTS = ("mode", "backend", "fullgraph", "dynamic", "options")
+
+
+def compile_arguments(option, where: str = "compile") -> dict | None:
+    """The ``torch.compile`` keyword arguments a ``compile`` option asks for; None for eager mode.
+    ``where`` names the option in error messages."""
+    if option is None or option is False:
+        return None
+    if option is True:
+        option = {}
+    if isinstance(option, str):
+        option = {"mode": option}
+    if not isinstance(option, Mapping):
+        raise ValueError(f"{where}: expected true/false, a mode name {MODES} or a mapping of torch.compile "
+                         f"arguments {ARGUMENTS}, got {option!r}")
+    unknown = sorted(set(option) - set(ARGUMENTS))
+    if unknown:
+        raise ValueError(f"{where}: unknown torch.compile argument(s) {unknown}; allowed: {list(ARGUMENTS)}")
+    mode = option.get("mode")
+    if mode is not None and mode not in MODES:
+        raise ValueError(f"{where}.mode: expected one of {MODES}, got {mode!r}")
+    return {"dynamic": False, **option}
+
+
+def compile_network(net: nn.Module, option, where: str = "compile") -> nn.Module:
+    """Compile, in place, the DIRformer of a DiffIR network (``net.G``), or the whole of any other
+    network, as ``option`` asks (see the module docstring); returns ``net``."""
+    arguments = compile_arguments(option, where)
+    if arguments is not None:
+        getattr(net, "G", net).compile(**arguments)
+    return net

@@ -1,0 +1,48 @@
+"""benchmarks/speed.py end to end, on tiny networks: its cases, the PSNR check with trained weights
+and the machine-readable last line."""
+import importlib.util
+import re
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = dict(n_encoder_res=1, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+
+
+@pytest.fixture()
+def speed(monkeypatch):
+    """The benchmark module, with its full-size presets swapped for tiny networks."""
+    spec = importlib.util.spec_from_file_location("speed_benchmark", REPO / "benchmarks" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks itself up there
+    spec.loader.exec_module(module)
+    for preset in ("sr-x4", "deblur"):
+        monkeypatch.setitem(module.PRESETS, preset, {**module.PRESETS[preset], **TINY})
+    return module
+
+
+def run(speed, capsys, *args) -> str:
+    speed.main(["--quick", "--repeats", "1", "--train-lr-size", "8", *args])
+    return capsys.readouterr().out
+
+
+def test_fast_path_report(speed, capsys):
+    out = run(speed, capsys, "--image", str(REPO / "demo_data" / "val" / "dandelion_field.png"), "--photo-size", "64",
+              "--weights", str(REPO / "pretrained" / "demo_DiffIRS2_x4.pth"))
+    for case in ("infer sr-x4 64x64", "infer sr-x4 128x128", "infer deblur 256x256", "train S1", "train S2"):
+        assert case in out
+    assert re.search(r"CPEN_S2 \+ 4 denoiser steps [\d.]+ ms = [\d.]+% of inference", out)
+    psnr = re.search(r"trained weights\): plain fp32 ([\d.]+) dB, fast fp32 ([\d.]+) dB, difference ([\d.]+) dB", out)
+    assert psnr and float(psnr[1]) > 20 and float(psnr[3]) <= 1e-3
+    last = re.fullmatch(r"speedup inference=([\d.]+) train=([\d.]+) maxdiff=(\S+)", out.strip().splitlines()[-1])
+    assert last and float(last[1]) > 0 and float(last[2]) > 0 and float(last[3]) <= 1e-4
+
+
+def test_plain_bf16_side(speed, capsys):
+    """--fast-impl plain --dtype bf16 measures reduced precision alone: only rounding differs."""
+    out = run(speed, capsys, "--fast-impl", "plain", "--dtype", "bf16")
+    assert "compared side: impl=plain, bf16" in out
+    maxdiff = float(out.strip().splitlines()[-1].split("maxdiff=")[1])
+    assert 0 < maxdiff <= 0.1
