@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime
 import itertools
 import logging
-import math
 import os
 import os.path as osp
 import time
@@ -100,9 +99,7 @@ def create_dataloaders(opt: dict, logger):
                          f"{train_opt.get('dataset_enlarge_ratio', 1)} do not fill one batch of "
                          f"{train_opt['batch_size_per_gpu']} per process x {opt['world_size']} processes; "
                          f"raise dataset_enlarge_ratio or lower batch_size_per_gpu")
-    total_iters = int(opt["train"]["total_iter"])
-    total_epochs = math.ceil(total_iters / max(1, len(train_loader)))
-    return train_loader, train_sampler, val_loaders, total_epochs, total_iters
+    return train_loader, train_sampler, val_loaders
 
 
 def make_prefetcher(opt: dict, train_loader):
@@ -142,7 +139,8 @@ def train_pipeline(argv=None) -> str:
     if opt["logger"].get("use_tb_logger") and "debug" not in opt["name"] and opt["rank"] == 0:
         tb_logger = init_tb_logger(log_dir=osp.join(opt["root_path"], "tb_logger", opt["name"]))
 
-    train_loader, train_sampler, val_loaders, total_epochs, total_iters = create_dataloaders(opt, logger)
+    train_loader, train_sampler, val_loaders = create_dataloaders(opt, logger)
+    total_iters = int(opt["train"]["total_iter"])
     torch.backends.cudnn.benchmark = True  # fixed patch sizes: cuDNN picks its fastest kernels once (as basicsr)
     model = build_model(opt)
     iters_per_epoch = len(train_loader)  # every epoch has this many: the loader drops incomplete batches
@@ -197,7 +195,7 @@ def train_pipeline(argv=None) -> str:
                     model.validation(val_loader, current_iter, tb_logger, opt["val"].get("save_img", False))
             data_timer.start()
             iter_timer.start()
-            train_data = prefetcher.next()
+            train_data = prefetcher.next() if current_iter < total_iters else None  # no batch past the last
         epoch += 1
 
     logger.info(f"end of training, time consumed {datetime.timedelta(seconds=int(time.time() - start_time))}")

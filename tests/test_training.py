@@ -192,7 +192,7 @@ def test_resume_mid_epoch_draws_the_uninterrupted_runs_samples(workdir, monkeypa
     assert sorted(uninterrupted[:10]) == list(range(10))  # epoch 0 loads each image once
     loaded.clear()
     run_train(["-opt", str(opt_path), "--force_yml", "train:total_iter=2"])  # stops at 2.state, mid-epoch
-    assert loaded == uninterrupted[:6]  # the loop loads one batch ahead, also past its last iteration
+    assert loaded == uninterrupted[:4]  # no batch is loaded past the last iteration
     loaded.clear()
     run_train(["-opt", str(opt_path), "--auto_resume", "--force_yml", "train:total_iter=7"])
     # iterations 3-5 finish epoch 0 without loading its first 4 images again, 6-7 start epoch 1
