@@ -45,8 +45,6 @@ its activations (training memory for compute), for either implementation.
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -97,7 +95,7 @@ class ChannelLayerNorm(nn.Module):
 
     def normalize_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Fast path: the normalisation of (B, N, C) tokens without the gain and bias (those fold into
-        the next 1x1 conv, see :func:`pointwise_then_depthwise`)."""
+        the next 1x1 conv, see :func:`modulated_projections`)."""
         if self.subtract_mean:
             return F.layer_norm(tokens, tokens.shape[-1:], eps=LAYER_NORM_EPS)
         centred = tokens - tokens.mean(dim=-1, keepdim=True)
@@ -142,15 +140,17 @@ def depthwise(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return tokens_of(F.conv2d(image, weight, bias, padding=1, groups=image.shape[1]))
 
 
-def pointwise_then_depthwise(normalized: torch.Tensor, gain: torch.Tensor, shift: torch.Tensor, pointwise: nn.Conv2d,
-                             dwconv: nn.Conv2d, chunks: int, h: int, w: int) -> list[torch.Tensor]:
-    """``dwconv(pointwise(normalized * gain + shift)).chunk(chunks)`` for (B, H*W, C) tokens.
+def modulated_projections(tokens: torch.Tensor, norm: ChannelLayerNorm, kernel: nn.Module, ipr: torch.Tensor,
+                          pointwise: nn.Conv2d, dwconv: nn.Conv2d, chunks: int, h: int, w: int) -> list[torch.Tensor]:
+    """``dwconv(pointwise(modulate(norm(tokens)))).chunk(chunks)`` for (B, H*W, C) tokens.
 
-    The gain and shift act per (sample, channel), so they fold into a per-sample copy of the 1x1
-    conv's weight and bias: the modulation costs no pass over the tokens. Each chunk (q, k, v; or the
+    The LayerNorm affine and the IPR modulation act per (sample, channel) (:func:`fold_modulation`), so
+    they fold into a per-sample copy of the 1x1 conv's weight and bias: they cost no pass over the tokens. Each chunk (q, k, v; or the
     GELU branch and the gate) then gets its own GEMM and depthwise conv, so that every chunk is a
     contiguous tensor: elementwise ops on a strided slice of one wide tensor are several times slower.
     """
+    gain, shift = fold_modulation(norm, kernel, ipr)
+    normalized = norm.normalize_tokens(tokens)
     weight = pointwise.weight.flatten(1)  # (out, C)
     folded_bias = shift @ weight.t()  # (B, out)
     if pointwise.bias is not None:
@@ -196,9 +196,7 @@ class DynamicTransposedAttention(nn.Module):
         """Fast path: ``tokens + DMTA(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch."""
         b, n, c = tokens.shape
         heads, head_channels = self.num_heads, c // self.num_heads
-        gain, shift = fold_modulation(norm, self.kernel, ipr)
-        q, k, v = pointwise_then_depthwise(norm.normalize_tokens(tokens), gain, shift, self.qkv, self.qkv_dwconv, 3,
-                                           h, w)
+        q, k, v = modulated_projections(tokens, norm, self.kernel, ipr, self.qkv, self.qkv_dwconv, 3, h, w)
         # (B, heads, head_channels, N) views that matmul reads as transposed matrices
         q_heads, k_heads = (t.view(b, n, heads, head_channels).permute(0, 2, 3, 1) for t in (q, k))
         if q.dtype == torch.float16:  # q.k and q*q can overflow float16: normalise first, as the plain path does
@@ -235,16 +233,14 @@ class DynamicGatedFeedForward(nn.Module):
                      w: int) -> torch.Tensor:
         """Fast path: ``tokens + DGFN(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch."""
         b, n, c = tokens.shape
-        gain, shift = fold_modulation(norm, self.kernel, ipr)
-        x1, x2 = pointwise_then_depthwise(norm.normalize_tokens(tokens), gain, shift, self.project_in, self.dwconv, 2,
-                                          h, w)
+        x1, x2 = modulated_projections(tokens, norm, self.kernel, ipr, self.project_in, self.dwconv, 2, h, w)
         gated = (F.gelu(x1) * x2).view(b * n, -1)
         residual = tokens if self.project_out.bias is None else tokens + self.project_out.bias
         return torch.addmm(residual.view(b * n, c), gated, self.project_out.weight.flatten(1).t()).view(b, n, c)
 
 
 class DynamicTransformerBlock(nn.Module):
-    """``x + DMTA(LN(x))``, then ``x + DGFN(LN(x))``; ``impl`` and ``use_checkpoint`` are set by DIRformer."""
+    """``x + DMTA(LN(x))``, then ``x + DGFN(LN(x))``; the path and checkpointing are DIRformer's choice."""
 
     def __init__(self, dim, num_heads, ffn_expansion_factor, bias, layer_norm_type):
         super().__init__()
@@ -252,12 +248,10 @@ class DynamicTransformerBlock(nn.Module):
         self.attn = DynamicTransposedAttention(dim, num_heads, bias)
         self.norm2 = ChannelLayerNorm(dim, layer_norm_type)
         self.ffn = DynamicGatedFeedForward(dim, ffn_expansion_factor, bias)
-        self.impl = "fast"
-        self.use_checkpoint = False
 
-    def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
-        body = self._forward_fast if self.impl == "fast" else self._forward_plain
-        if self.use_checkpoint and self.training and torch.is_grad_enabled():
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor, fast: bool, use_checkpoint: bool) -> torch.Tensor:
+        body = self._forward_fast if fast else self._forward_plain
+        if use_checkpoint and self.training and torch.is_grad_enabled():
             return checkpoint(body, x, ipr, use_reentrant=False)
         return body(x, ipr)
 
@@ -274,9 +268,9 @@ class DynamicTransformerBlock(nn.Module):
 class IPRSequential(nn.Sequential):
     """A stack of dynamic transformer blocks that all receive the same IPR."""
 
-    def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor, fast: bool, use_checkpoint: bool) -> torch.Tensor:
         for block in self:
-            x = block(x, ipr)
+            x = block(x, ipr, fast, use_checkpoint)
         return x
 
 
@@ -385,7 +379,7 @@ class DIRformer(nn.Module):
         else:
             self.output = nn.Conv2d(d2, out_channels, 3, padding=1, bias=bias)
         self.impl = impl
-        self.use_checkpoint = use_checkpoint
+        self.use_checkpoint = bool(use_checkpoint)
 
     @property
     def impl(self) -> str:
@@ -404,57 +398,38 @@ class DIRformer(nn.Module):
             return self._impl
         return "fast" if device.type == "cpu" else "plain"
 
-    def _set_block_impl(self, impl: str) -> None:
-        if getattr(self, "_block_impl", None) != impl:
-            for block in self.transformer_blocks():
-                block.impl = impl
-            self._block_impl = impl
-
-    @property
-    def use_checkpoint(self) -> bool:
-        return self._use_checkpoint
-
-    @use_checkpoint.setter
-    def use_checkpoint(self, enabled: bool) -> None:
-        self._use_checkpoint = bool(enabled)
-        for block in self.transformer_blocks():
-            block.use_checkpoint = self._use_checkpoint
-
-    def transformer_blocks(self) -> Iterator[DynamicTransformerBlock]:
-        return (m for m in self.modules() if isinstance(m, DynamicTransformerBlock))
-
     @property
     def size_multiple(self) -> int:
         """Input height and width must be multiples of this (three 2x downsamplings)."""
         return 8 * self.input_unshuffle
 
     def forward(self, inp_img: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
-        impl = self.resolve_impl(inp_img.device)
-        self._set_block_impl(impl)
-        out = self._forward(inp_img, ipr, channels_last=impl == "fast")
-        return out.contiguous() if impl == "fast" else out
+        fast = self.resolve_impl(inp_img.device) == "fast"
+        out = self._forward(inp_img, ipr, fast)
+        return out.contiguous() if fast else out
 
-    def _forward(self, inp_img: torch.Tensor, ipr: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    def _forward(self, inp_img: torch.Tensor, ipr: torch.Tensor, fast: bool) -> torch.Tensor:
+        def blocks(level: IPRSequential, x: torch.Tensor) -> torch.Tensor:
+            return level(x, ipr, fast, self.use_checkpoint)
+
         x = F.pixel_unshuffle(inp_img, self.input_unshuffle) if self.input_unshuffle > 1 else inp_img
-        if channels_last:  # every conv, shuffle and block below then keeps channels_last
+        if fast:  # every conv, shuffle and block below then keeps channels_last
             x = x.contiguous(memory_format=torch.channels_last)
         emb = self.patch_embed.proj(x)
-        enc1 = self.encoder_level1(emb, ipr)
-        enc2 = self.encoder_level2(self.down1_2(enc1), ipr)
-        enc3 = self.encoder_level3(self.down2_3(enc2), ipr)
-        latent = self.latent(self.down3_4(enc3), ipr)
+        enc1 = blocks(self.encoder_level1, emb)
+        enc2 = blocks(self.encoder_level2, self.down1_2(enc1))
+        enc3 = blocks(self.encoder_level3, self.down2_3(enc2))
+        latent = blocks(self.latent, self.down3_4(enc3))
 
-        dec3 = self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1))
-        dec3 = self.decoder_level3(dec3, ipr)
-        dec2 = self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1))
-        dec2 = self.decoder_level2(dec2, ipr)
-        dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1), ipr)
+        dec3 = blocks(self.decoder_level3, self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
+        dec2 = blocks(self.decoder_level2, self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
+        dec1 = blocks(self.decoder_level1, torch.cat([self.up2_1(dec2), enc1], 1))
 
         if self.head == "sr":
-            feat = self.refinement(dec1, ipr)
+            feat = blocks(self.refinement, dec1)
             return self.tail(feat) + F.interpolate(inp_img, scale_factor=self.scale, mode="nearest")
         if self.head == "restore":
-            return self.output(self.refinement(dec1, ipr)) + inp_img
+            return self.output(blocks(self.refinement, dec1)) + inp_img
         if self.dual_pixel_task:
             dec1 = dec1 + self.skip_conv(emb)
         return self.output(dec1)
