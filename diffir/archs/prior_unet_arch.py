@@ -366,20 +366,16 @@ class DiffusionPriorUNet(nn.Module):
 def read_prior_checkpoint(path) -> dict[str, torch.Tensor]:
     """The UNet state dict in ``path``: a guided-diffusion file, or a basicsr checkpoint
     (``params_ema`` preferred over ``params``) such as the own-prior trainer writes."""
+    from ..checkpoint import CheckpointError, read_state_dict  # here: diffir.checkpoint imports diffir.archs
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"diffusion prior checkpoint not found: {path}. The DiffLoss paper's prior is "
                                 f"{OFFICIAL_PRIOR}; or train your own with options/diffloss/train_own_prior.yml")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict):
-        for key in ("params_ema", "params", "state_dict"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"{path} does not hold a state dict of tensors (nor one under params_ema / params / "
-                         f"state_dict)")
-    return {k.removeprefix("module."): v for k, v in state.items()}
+    try:
+        return read_state_dict(path)[0]
+    except CheckpointError as err:
+        raise ValueError(str(err)) from err
 
 
 def load_prior_weights(model: DiffusionPriorUNet, path) -> None:

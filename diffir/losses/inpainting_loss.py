@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from basicsr.losses.gan_loss import r1_penalty
 from basicsr.utils.registry import LOSS_REGISTRY
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -134,8 +135,7 @@ class NonSaturatingR1Loss(nn.Module):
         """Batch mean of the squared gradient norm of D's summed output w.r.t. the real images."""
         if not torch.is_grad_enabled():
             return real_pred.new_zeros(())
-        (grad,) = torch.autograd.grad(real_pred.sum(), real, create_graph=True)
-        return grad.flatten(1).pow(2).sum(1).mean()
+        return r1_penalty(real_pred, real)
 
 
 # ------------------------------------------------------------------------------------------ ResNetPL

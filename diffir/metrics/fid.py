@@ -34,25 +34,25 @@ WEIGHTS_HINT = (f"FID needs Inception-v3 weights from a local file: pytorch-fid'
 
 # pytorch-fid's changes to torchvision's blocks, which the TF graph behind published FIDs computes.
 # Each block runs torchvision's branches and replaces the pooling branch (its 1x1 conv runs twice; cheap).
-class _FIDInceptionA(tv_inception.InceptionA):
+class _PoolBranchWithoutPadding:
+    """Mixin: the pooling branch averages without counting the zero padding."""
+
     def _forward(self, x):
         outputs = super()._forward(x)
         outputs[-1] = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
         return outputs
 
 
-class _FIDInceptionC(tv_inception.InceptionC):
-    def _forward(self, x):
-        outputs = super()._forward(x)
-        outputs[-1] = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        return outputs
+class _FIDInceptionA(_PoolBranchWithoutPadding, tv_inception.InceptionA):
+    pass
 
 
-class _FIDInceptionEAvg(tv_inception.InceptionE):
-    def _forward(self, x):
-        outputs = super()._forward(x)
-        outputs[-1] = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        return outputs
+class _FIDInceptionC(_PoolBranchWithoutPadding, tv_inception.InceptionC):
+    pass
+
+
+class _FIDInceptionEAvg(_PoolBranchWithoutPadding, tv_inception.InceptionE):
+    pass
 
 
 class _FIDInceptionEMax(tv_inception.InceptionE):
@@ -135,11 +135,17 @@ def _load_inception_state(weights_path) -> dict:
 
 
 # ------------------------------------------------------------------------------------ the distance
-def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-    """Mean and covariance (rows = samples) in float64."""
+def _feature_matrix(features: np.ndarray | torch.Tensor) -> np.ndarray:
+    """A (N >= 2, D) float64 feature matrix (rows = samples)."""
     features = np.asarray(features.cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
     if features.ndim != 2 or features.shape[0] < 2:
         raise ValueError(f"need a (N >= 2, D) feature matrix, got shape {features.shape}")
+    return features
+
+
+def feature_statistics(features: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (rows = samples) in float64."""
+    features = _feature_matrix(features)
     return features.mean(axis=0), np.cov(features, rowvar=False)
 
 
@@ -207,10 +213,9 @@ def fid_from_features(fake, real, method: str = "auto") -> float:
     are singular and sqrtm is least accurate. 'scipy' / 'eigh' go through :func:`frechet_distance`.
     'auto' = 'lowrank' when both sets have fewer images than dimensions, else :func:`frechet_distance`'s auto.
     """
-    fake = np.asarray(fake.cpu() if isinstance(fake, torch.Tensor) else fake, dtype=np.float64)
-    real = np.asarray(real.cpu() if isinstance(real, torch.Tensor) else real, dtype=np.float64)
-    if fake.ndim != 2 or real.ndim != 2 or fake.shape[1] != real.shape[1] or min(len(fake), len(real)) < 2:
-        raise ValueError(f"need two (N >= 2, D) feature matrices of the same D, got {fake.shape} and {real.shape}")
+    fake, real = _feature_matrix(fake), _feature_matrix(real)
+    if fake.shape[1] != real.shape[1]:
+        raise ValueError(f"need two feature matrices of the same D, got {fake.shape} and {real.shape}")
     if method == "auto":
         method = "lowrank" if max(len(fake), len(real)) < fake.shape[1] else "auto"
     if method != "lowrank":

@@ -30,9 +30,8 @@ MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagrap
 ARGUMENTS = ("mode", "backend", "fullgraph", "dynamic", "options")
 
 
-def compile_arguments(option, where: str = "compile") -> dict | None:
-    """The ``torch.compile`` keyword arguments a ``compile`` option asks for; None for eager mode.
-    ``where`` names the option in error messages."""
+def compile_arguments(option) -> dict | None:
+    """The ``torch.compile`` keyword arguments a ``compile`` option asks for; None for eager mode."""
     if option is None or option is False:
         return None
     if option is True:
@@ -40,21 +39,21 @@ def compile_arguments(option, where: str = "compile") -> dict | None:
     if isinstance(option, str):
         option = {"mode": option}
     if not isinstance(option, Mapping):
-        raise ValueError(f"{where}: expected true/false, a mode name {MODES} or a mapping of torch.compile "
+        raise ValueError(f"compile: expected true/false, a mode name {MODES} or a mapping of torch.compile "
                          f"arguments {ARGUMENTS}, got {option!r}")
     unknown = sorted(set(option) - set(ARGUMENTS))
     if unknown:
-        raise ValueError(f"{where}: unknown torch.compile argument(s) {unknown}; allowed: {list(ARGUMENTS)}")
+        raise ValueError(f"compile: unknown torch.compile argument(s) {unknown}; allowed: {list(ARGUMENTS)}")
     mode = option.get("mode")
     if mode is not None and mode not in MODES:
-        raise ValueError(f"{where}.mode: expected one of {MODES}, got {mode!r}")
+        raise ValueError(f"compile.mode: expected one of {MODES}, got {mode!r}")
     return {"dynamic": False, **option}
 
 
-def compile_network(net: nn.Module, option, where: str = "compile") -> nn.Module:
+def compile_network(net: nn.Module, option) -> nn.Module:
     """Compile, in place, the DIRformer of a DiffIR network (``net.G``), or the whole of any other
     network, as ``option`` asks (see the module docstring); returns ``net``."""
-    arguments = compile_arguments(option, where)
+    arguments = compile_arguments(option)
     if arguments is not None:
         getattr(net, "G", net).compile(**arguments)
     return net
