@@ -23,7 +23,6 @@ import argparse
 import ctypes
 import gc
 import json
-import math
 import os
 import statistics
 import subprocess
@@ -34,7 +33,9 @@ import time
 import diffir  # noqa: F401  (before basicsr: installs the torchvision alias basicsr needs)
 import torch
 
+from diffir.benchmark.metrics import tensor_psnr
 from diffir.checkpoint import build_network
+from diffir.inpainting import prepare_inpainting_input
 from diffir.restorer import Restorer, initial_noise
 from diffir.zoo import PRESETS
 
@@ -131,11 +132,6 @@ def measure_rss(args) -> None:
     print(json.dumps({"peak_mb": max(0, peak[0] - baseline) / 2 ** 20}))
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = torch.mean((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).item()
-    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
-
-
 def run_device(args, device: str) -> list[dict]:
     restorer = build_restorer(args, device, None)
     tiled = build_restorer(args, device, args.tile)
@@ -149,11 +145,11 @@ def run_device(args, device: str) -> list[dict]:
         batch_time = timed(lambda: restorer.restore_tensor(batch_image, batch_mask, batch_noise),
                            restorer.device, args.repeats)
         # the two parts of a restoration, on the padded network input
-        net_input = image if mask is None else torch.cat([image * (1 - mask), mask], 1)
-        net_input = net_input.to(restorer.device)
+        net_input = image if mask is None else prepare_inpainting_input(image, mask)
+        net_input, device_noise = net_input.to(restorer.device), noise.to(restorer.device)
         with torch.no_grad():
-            ipr = restorer.ipr(net_input, noise.to(restorer.device))
-            ipr_time = timed(lambda: restorer.ipr(net_input, noise.to(restorer.device)), restorer.device, args.repeats)
+            ipr = restorer.ipr(net_input, device_noise)
+            ipr_time = timed(lambda: restorer.ipr(net_input, device_noise), restorer.device, args.repeats)
             g_time = timed(lambda: restorer.net.G(net_input, ipr), restorer.device, args.repeats)
         untiled_mb = peak_memory_mb(args, device, size, None)
         tiled_mb = peak_memory_mb(args, device, size, args.tile)
@@ -162,7 +158,7 @@ def run_device(args, device: str) -> list[dict]:
         rows.append({
             "device": restorer.device.type, "size": size, "latency_ms": 1000 * latency,
             "throughput": args.batch / batch_time, "ipr_share": ipr_time / (ipr_time + g_time),
-            "untiled_mb": untiled_mb, "tiled_mb": tiled_mb, "tiled_psnr": psnr(tiled_out, untiled_out),
+            "untiled_mb": untiled_mb, "tiled_mb": tiled_mb, "tiled_psnr": tensor_psnr(tiled_out, untiled_out),
         })
         print_row(rows[-1], args)
     return rows

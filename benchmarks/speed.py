@@ -38,19 +38,19 @@ import time
 from dataclasses import dataclass
 
 import diffir  # noqa: F401  (before basicsr: installs the torchvision alias basicsr needs)
-import cv2
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from diffir import DiffIRS1, DiffIRS2
+from diffir.archs.ipr_diffusion import IPR_DIM
+from diffir.benchmark.metrics import tensor_psnr
 from diffir.checkpoint import network_for_state_dict, read_state_dict
+from diffir.image_io import ImageReadError, read_image, split_image
 from diffir.utils.compile import MODES, compile_network
 from diffir.zoo import PRESETS, stage_one
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
-IPR_DIM = 256
 
 
 @dataclass(frozen=True)
@@ -214,22 +214,17 @@ def train_case(stage: int, setup: Setup, batch: int, lr_size: int, repeats: int,
 
 
 # --------------------------------------------------------------------------- PSNR on a photo
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    mse = (a.float().clamp(0, 1) - b.float().clamp(0, 1)).square().mean().item()
-    return 10 * np.log10(1.0 / mse) if mse > 0 else float("inf")
-
-
 def load_photo(path: str, size: int) -> torch.Tensor:
-    image = cv2.imread(path, cv2.IMREAD_COLOR)
-    if image is None:
-        raise FileNotFoundError(f"--image: cannot read {path} as an image")
+    try:
+        image = split_image(read_image(path))[0]  # float32 RGB in [0, 1]
+    except ImageReadError as err:
+        raise FileNotFoundError(f"--image: cannot read {path} as an image") from err
     h, w = image.shape[:2]
     if min(h, w) < size:
         raise ValueError(f"--image: {path} is {w}x{h}, smaller than the {size}x{size} crop; pass a larger photo "
                          f"or a smaller --photo-size")
     top, left = (h - size) // 2, (w - size) // 2
-    crop = image[top:top + size, left:left + size, ::-1]  # BGR -> RGB
-    return torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255.0
+    return torch.from_numpy(image[top:top + size, left:left + size]).permute(2, 0, 1)[None]
 
 
 def trained_pair(weights: str, setup: Setup) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -252,11 +247,12 @@ def photo_psnr(path: str, weights: str | None, size: int, setup: Setup) -> float
     out_plain = plain(lq, noise=noise)
     with setup.autocast():
         out_fast = fast(channels_last(lq), noise=noise)
-    p_plain, p_fast = psnr(out_plain, hr), psnr(out_fast, hr)
+    p_plain, p_fast = tensor_psnr(out_plain, hr), tensor_psnr(out_fast, hr)
     kind = "trained" if weights else "random"
     print(f"PSNR x4 SR of {path} ({size}x{size}, {kind} weights): plain fp32 {p_plain:.4f} dB, "
           f"{setup.fast_impl} {DTYPE_NAMES[setup.dtype]} {p_fast:.4f} dB, difference {abs(p_fast - p_plain):.4f} dB "
-          f"(target <= 0.01); the two outputs: {psnr(out_fast, out_plain):.1f} dB, maxdiff {max_abs_diff(out_fast, out_plain):.2e}",
+          f"(target <= 0.01); the two outputs: {tensor_psnr(out_fast, out_plain):.1f} dB, "
+          f"maxdiff {max_abs_diff(out_fast, out_plain):.2e}",
           flush=True)
     return p_fast - p_plain
 

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import glob
+import re
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,8 +18,9 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .image_io import IMAGE_EXTENSIONS, ImageReadError, is_image_file, read_image, read_mask, write_image
-from .restorer import NETWORK_TASK, Restorer, check_task
+from .image_io import (IMAGE_EXTENSIONS, ImageReadError, is_image_file, list_image_files, read_image, read_mask,
+                       write_image)
+from .restorer import NETWORK_TASK, Restorer, check_task, default_scale
 from .utils.compile import MODES
 from .zoo import DEFAULT_MODELS, ZOO
 
@@ -58,7 +61,7 @@ def collect_inputs(spec: str) -> list[Path]:
     """Image files named by a file, a folder (not recursive) or a glob pattern, sorted."""
     path = Path(spec)
     if path.is_dir():
-        return sorted(p for p in path.iterdir() if p.is_file() and is_image_file(p))
+        return list_image_files(path)
     if path.is_file():
         return [path]
     if any(c in spec for c in "*?["):
@@ -66,16 +69,25 @@ def collect_inputs(spec: str) -> list[Path]:
     raise FileNotFoundError(f"input {spec!r} is not a file, a folder or a glob pattern that exists")
 
 
-def find_mask(mask_spec: Path, image: Path) -> Path:
-    """The mask of ``image``: the mask file itself, or ``NAME.*`` / ``NAME_mask.*`` in the mask folder."""
+def mask_finder(mask_spec: Path) -> Callable[[Path], Path]:
+    """``find(image)``: the mask file itself, or in the mask folder the first ``NAME.*`` image in name
+    order, else the first ``NAME_mask.*``. The folder is listed once for all images."""
     if mask_spec.is_file():
-        return mask_spec
-    for stem in (image.stem, f"{image.stem}_mask"):
-        for candidate in sorted(mask_spec.glob(f"{glob.escape(stem)}.*")):
-            if candidate.suffix.lower() in IMAGE_EXTENSIONS:
-                return candidate
-    raise FileNotFoundError(f"no mask for {image.name} in {mask_spec} (expected {image.stem}.png or "
-                            f"{image.stem}_mask.png)")
+        return lambda image: mask_spec
+    names = sorted(p.name for p in mask_spec.iterdir() if is_image_file(p)) if mask_spec.is_dir() else []
+    first_named = {}  # PREFIX -> the first name that is PREFIX.*
+    for name in names:  # in name order, so setdefault keeps the first match
+        for dot in re.finditer(r"\.", name):
+            first_named.setdefault(name[:dot.start()], name)
+
+    def find(image: Path) -> Path:
+        for stem in (image.stem, f"{image.stem}_mask"):
+            if stem in first_named:
+                return mask_spec / first_named[stem]
+        raise FileNotFoundError(f"no mask for {image.name} in {mask_spec} (expected {image.stem}.png or "
+                                f"{image.stem}_mask.png)")
+
+    return find
 
 
 @dataclass
@@ -110,7 +122,7 @@ def _load_restorer(args) -> Restorer:
     model = args.model
     if model is None:
         task = args.task or "sr"
-        scale = args.scale or (4 if task in ("sr", "realsr") else 1)
+        scale = args.scale or default_scale(task)
         if (task, scale) not in DEFAULT_MODELS:
             raise ValueError(f"no default model for --task {task} --scale {scale}; pass -m")
         model = DEFAULT_MODELS[(task, scale)]
@@ -143,9 +155,9 @@ def _restore_group(restorer: Restorer, jobs: list[_Job], seed, failures: _Failur
     return written
 
 
-def _read_jobs(inputs: list[Path], args, failures: _Failures, progress: tqdm):
-    """Read each input (and its mask); unreadable ones are reported and skipped."""
-    mask_spec = Path(args.mask) if args.mask else None
+def _read_jobs(inputs: list[Path], args, find_mask: Callable[[Path], Path] | None, failures: _Failures,
+               progress: tqdm):
+    """Read each input (and its mask, when ``find_mask`` is given); unreadable ones are reported and skipped."""
     input_paths = {p.resolve() for p in inputs}
     taken: dict[Path, Path] = {}
     for source in inputs:
@@ -156,7 +168,7 @@ def _read_jobs(inputs: list[Path], args, failures: _Failures, progress: tqdm):
             if target in taken:
                 raise ValueError(f"output {target} is also the output of {taken[target]}; use --ext or --suffix")
             taken[target] = source
-            mask = read_mask(find_mask(mask_spec, source)) if mask_spec else None
+            mask = read_mask(find_mask(source)) if find_mask else None
             yield _Job(source, target, read_image(source), mask)
         except ImageReadError as err:  # the image itself, or its mask (then named)
             failures.add(source, err.reason if err.path == source else str(err))
@@ -189,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) in {args.input}")
         restorer = _load_restorer(args)
         _resolve_task(args, restorer)
+        find_mask = mask_finder(Path(args.mask)) if args.mask else None
     except Exception as err:  # bad command line, missing model, checkpoint mismatch: one clear line
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -198,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     failures = _Failures()
     with tqdm(total=len(inputs), unit="img", desc="restoring") as progress:
         written = 0
-        for group in _same_size_groups(_read_jobs(inputs, args, failures, progress), args.batch):
+        for group in _same_size_groups(_read_jobs(inputs, args, find_mask, failures, progress), args.batch):
             written += _restore_group(restorer, group, seed, failures)
             progress.update(len(group))
 

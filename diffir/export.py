@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .archs.diffir_arch import DiffIRS2
 from .restorer import initial_noise
+from .utils.atomic import replacing
 
 
 class ExportableStageTwo(nn.Module):
@@ -62,19 +63,13 @@ def export_onnx(net: DiffIRS2, path: str | os.PathLike, seed: int | None = None,
     if seed is None:
         inputs, names = (lq, initial_noise(1, 0)), ["lq", "noise"]
         dynamic["noise"] = {0: "batch"}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        # The TorchScript exporter: the torch.export-based one needs the extra onnxscript package. Its
-        # tracer warns that the networks' input checks become constants, which is right for a padded input.
-        with torch.no_grad(), warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-            warnings.filterwarnings("ignore", category=DeprecationWarning)
-            torch.onnx.export(model, inputs, str(tmp), input_names=names, output_names=["restored"],
-                              dynamic_axes=dynamic, opset_version=opset, dynamo=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    # The TorchScript exporter: the torch.export-based one needs the extra onnxscript package. Its
+    # tracer warns that the networks' input checks become constants, which is right for a padded input.
+    with replacing(path) as tmp, torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(model, inputs, str(tmp), input_names=names, output_names=["restored"],
+                          dynamic_axes=dynamic, opset_version=opset, dynamo=False)
     return path
 
 

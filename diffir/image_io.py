@@ -13,12 +13,13 @@ moved over the target with ``os.replace``. A reader never sees a half-written im
 from __future__ import annotations
 
 import os
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from .utils.atomic import atomic_write_bytes
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 _MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
@@ -34,6 +35,11 @@ class ImageReadError(ValueError):
 
 def is_image_file(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def list_image_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files directly in ``folder`` (not recursive), sorted."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
 
 
 def read_image(path: str | os.PathLike) -> np.ndarray:
@@ -90,27 +96,23 @@ def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 
     atomic_write_bytes(path, encoded.tobytes())
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to a uniquely named temporary file next to ``path`` and move it into place."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "xb") as f:  # created with the usual permissions (umask), unlike mkstemp's 0600
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def hole_mask(mask: np.ndarray) -> np.ndarray:
+    """Boolean (H, W) holes of a mask array: white, above half the maximum, marks a hole.
+
+    Integer masks are compared with half their dtype's maximum, bool and float masks with 0.5; colour
+    masks by the mean of their RGB channels (alpha ignored).
+    """
+    mask = np.asarray(mask)
+    # the threshold comes from the input dtype: the channel mean of an integer mask is a float
+    half = np.iinfo(mask.dtype).max / 2 if np.issubdtype(mask.dtype, np.integer) else 0.5
+    if mask.ndim == 3:
+        mask = mask[..., :3].mean(axis=2)
+    return mask > half
 
 
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """An inpainting mask as a boolean (H, W) array: True (white, above half the maximum) marks a hole."""
-    mask = read_image(path)
-    half = _MAX_VALUE[mask.dtype] / 2
-    if mask.ndim == 3:
-        mask = mask[..., :3].mean(axis=2)
-    return mask > half
+    return hole_mask(read_image(path))
 
 
 @dataclass

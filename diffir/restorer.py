@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from .archs.diffir_arch import DiffIRS2
 from .archs.ipr_diffusion import IPR_DIM
 from .checkpoint import blend_state_dicts, network_for_state_dict, read_state_dict
-from .image_io import merge_image, split_image
+from .image_io import hole_mask, merge_image, split_image
 from .inpainting import composite, prepare_inpainting_input
 from .utils.compile import compile_network
 from .utils.padding import crop_to, pad_to_multiple
@@ -51,6 +51,11 @@ PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 # inference.py's --task names and the network task each one runs
 NETWORK_TASK = {"sr": "sr", "realsr": "sr", "deblur": "deblur", "inpaint": "inpaint"}
+
+
+def default_scale(task: str) -> int:
+    """The scale a --task implies when none is given: x4 for super-resolution, else 1."""
+    return 4 if NETWORK_TASK[task] == "sr" else 1
 
 
 def check_task(restorer: "Restorer", task: str | None, scale: int | None) -> None:
@@ -91,16 +96,10 @@ def initial_noise(batch: int, seed: int | Sequence[int] | None) -> torch.Tensor:
 
 def mask_to_array(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A float32 (H, W) hole mask (1 = hole) from a bool, integer or float array (white = hole)."""
-    mask = np.asarray(mask)
-    if mask.ndim == 3:
-        mask = mask[..., :3].mean(axis=2)
-    if mask.shape != tuple(shape):
-        raise ValueError(f"the mask is {mask.shape[0]}x{mask.shape[1]} but the image is {shape[0]}x{shape[1]}")
-    if mask.dtype == bool:
-        return mask.astype(np.float32)
-    if np.issubdtype(mask.dtype, np.integer):
-        return (mask > np.iinfo(mask.dtype).max / 2).astype(np.float32)
-    return (mask > 0.5).astype(np.float32)
+    holes = hole_mask(mask)
+    if holes.shape != tuple(shape):
+        raise ValueError(f"the mask is {holes.shape[0]}x{holes.shape[1]} but the image is {shape[0]}x{shape[1]}")
+    return holes.astype(np.float32)
 
 
 def tile_starts(size: int, tile: int, overlap: int) -> list[int]:
@@ -249,7 +248,7 @@ class Restorer:
         if dtype is None:
             return self._forward(x, noise)
         with torch.autocast(self.device.type, dtype=dtype):
-            out = self._forward(x, noise).float()
+            out = self._forward(x, noise)  # _forward returns float32
         if torch.isfinite(out).all():
             return out
         self.fp32_fallbacks += 1
@@ -303,16 +302,20 @@ class Restorer:
         height, width = x.shape[-2:]
         s = self.scale
         tile_h, tile_w = min(self.tile, height), min(self.tile, width)
+        ramp = self.tile_overlap * s
+        # a tile's blending window is (row weights) x (column weights): one of each per tile row / column
+        row_windows = [(y0, _ramp_window(tile_h * s, ramp, y0 > 0, y0 + tile_h < height).to(x.device)[:, None])
+                       for y0 in tile_starts(height, tile_h, self.tile_overlap)]
+        col_windows = [(x0, _ramp_window(tile_w * s, ramp, x0 > 0, x0 + tile_w < width).to(x.device)[None, :])
+                       for x0 in tile_starts(width, tile_w, self.tile_overlap)]
         out = weight = None
-        for y0 in tile_starts(height, tile_h, self.tile_overlap):
-            for x0 in tile_starts(width, tile_w, self.tile_overlap):
+        for y0, row_window in row_windows:
+            for x0, col_window in col_windows:
                 piece = self.net.G(x[..., y0:y0 + tile_h, x0:x0 + tile_w], ipr).float()
                 if out is None:
                     out = piece.new_zeros(piece.shape[0], piece.shape[1], height * s, width * s)
                     weight = piece.new_zeros(1, 1, height * s, width * s)
-                ramp = self.tile_overlap * s
-                window = (_ramp_window(tile_h * s, ramp, y0 > 0, y0 + tile_h < height)[:, None]
-                          * _ramp_window(tile_w * s, ramp, x0 > 0, x0 + tile_w < width)[None, :]).to(piece)
+                window = row_window * col_window
                 rows, cols = slice(y0 * s, (y0 + tile_h) * s), slice(x0 * s, (x0 + tile_w) * s)
                 out[..., rows, cols] += piece * window
                 weight[..., rows, cols] += window

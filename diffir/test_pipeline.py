@@ -5,7 +5,6 @@ and saved with no metrics; the others are scored with ``val.metrics``.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os.path as osp
 
@@ -23,8 +22,9 @@ def test_pipeline(argv=None) -> str:
     opt, _ = parse_options(is_train=False, argv=argv)
     if not opt["path"].get("pretrain_network_g"):
         raise ValueError("path.pretrain_network_g: the checkpoint to test is not set")
-    for phase, dataset_opt in opt["datasets"].items():
-        check_dataset_options(dataset_opt, opt.get("scale", 1), "test")
+    for dataset_opt in opt["datasets"].values():
+        # every set is checked as a test set, whatever its key: test.py evaluates them all
+        check_dataset_options(dataset_opt, phase="test")
     make_exp_dirs(opt)
     logger = get_root_logger(logger_name="basicsr", log_level=logging.INFO,
                              log_file=osp.join(opt["path"]["log"], f"test_{opt['name']}_{get_time_str()}.log"))
@@ -41,7 +41,7 @@ def test_pipeline(argv=None) -> str:
     model = build_model(opt)
     val_opt = model.opt.setdefault("val", {})  # build_model keeps its own copy of the options
     val_opt.setdefault("suffix", None)
-    all_metrics = copy.deepcopy(val_opt.get("metrics"))
+    all_metrics = val_opt.get("metrics")  # read-only: basicsr's calculate_metric copies each metric's options
     for dataset_opt, loader in loaders:
         has_gt = dataset_opt.get("dataroot_gt") is not None
         val_opt["metrics"] = all_metrics if has_gt else None

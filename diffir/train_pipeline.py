@@ -84,7 +84,7 @@ def create_dataloaders(opt: dict, logger):
                                             sampler=train_sampler, seed=opt["manual_seed"])
             logger.info(f"{len(train_set)} training images, batch {dataset_opt['batch_size_per_gpu']} per process "
                         f"x {opt['world_size']} processes, {len(train_loader)} iterations per epoch")
-        elif phase.split("_")[0] == "val":
+        elif dataset_opt["phase"] == "val":
             val_set = build_dataset(dataset_opt)
             val_loaders.append(build_dataloader(val_set, dataset_opt, num_gpu=opt["num_gpu"], dist=opt["dist"],
                                                 sampler=None, seed=opt["manual_seed"]))
@@ -116,8 +116,8 @@ def make_prefetcher(opt: dict, train_loader):
 def train_pipeline(argv=None) -> str:
     """Run training from the command line arguments; returns the experiment folder."""
     opt, args = parse_options(is_train=True, argv=argv)
-    for phase, dataset_opt in opt["datasets"].items():
-        check_dataset_options(dataset_opt, opt.get("scale", 1), phase.split("_")[0])
+    for dataset_opt in opt["datasets"].values():
+        check_dataset_options(dataset_opt)
 
     resume_path = find_resume_state(opt)
     resume_state = load_resume_state(resume_path)
@@ -158,7 +158,7 @@ def train_pipeline(argv=None) -> str:
         logger.info(f"resumed from {resume_path}: epoch {start_epoch}, iter {current_iter}, "
                     f"{batches_done} of its {iters_per_epoch} batches done")
 
-    schedule = ProgressiveSchedule.from_options(opt["datasets"]["train"], opt.get("scale", 1))
+    schedule = ProgressiveSchedule.from_options(opt["datasets"]["train"])
     msg_logger = MessageLogger(opt, current_iter, tb_logger)
     prefetcher = make_prefetcher(opt, train_loader)
     data_timer, iter_timer = AvgTimer(), AvgTimer()

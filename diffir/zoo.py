@@ -70,10 +70,6 @@ class ZooEntry:
     sha256: str | None = None  # None: unknown
     note: str = ""
 
-    @property
-    def stage(self) -> str:
-        return "S1" if self.network is not None and self.network["type"] == "DiffIRS1" else "S2"
-
 
 def _entries() -> list[ZooEntry]:
     srgan, realsr = "DiffIR-SRGAN/options/", "DiffIR-RealSR/options/"
@@ -162,16 +158,17 @@ def sha256_file(path: str | Path) -> str:
 def resolve(name: str) -> Path:
     """The local file of zoo model ``name``; raises ModelNotFoundError saying where to download it."""
     entry = get_entry(name)
-    for folder in pretrained_dirs():
+    folders = pretrained_dirs()
+    for folder in folders:
         path = folder / entry.file
         if path.is_file():
             if entry.sha256 and sha256_file(path) != entry.sha256:
                 raise ValueError(f"{path} does not have the SHA-256 of {name} ({entry.sha256}): "
                                  f"the download is incomplete or a different file; download it again from {entry.url}")
             return path
-    target = pretrained_dirs()[-1] / entry.file
+    target = folders[-1] / entry.file
     raise ModelNotFoundError(f"model {name!r} needs the file {entry.file!r}, which is not in "
-                             f"{' or '.join(str(d) for d in pretrained_dirs())}. Get it from {entry.url} "
+                             f"{' or '.join(str(d) for d in folders)}. Get it from {entry.url} "
                              f"and save it as {target}" + (f" ({entry.note})" if entry.note else ""))
 
 

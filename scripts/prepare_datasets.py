@@ -23,17 +23,18 @@ import numpy as np
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 import diffir  # noqa: E402,F401  (basicsr compatibility alias before basicsr imports)
+from basicsr.data.transforms import mod_crop  # noqa: E402
 from basicsr.utils import scandir  # noqa: E402
 
 from diffir.data.hr_bicubic_dataset import bicubic_downsample  # noqa: E402
+from diffir.utils.atomic import atomic_write_bytes  # noqa: E402
 
 
 def write_image(path: str, img: np.ndarray) -> None:
-    folder, name = osp.split(path)
-    tmp = osp.join(folder, f".tmp-{os.getpid()}-{name}")
-    if not cv2.imwrite(tmp, img):
+    ok, data = cv2.imencode(osp.splitext(path)[1], img)
+    if not ok:
         raise OSError(f"could not write {path}")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, data.tobytes())
 
 
 def read_image(path: str) -> np.ndarray:
@@ -46,7 +47,7 @@ def read_image(path: str) -> np.ndarray:
 def images_in(folder: str) -> list[str]:
     if not osp.isdir(folder):
         raise SystemExit(f"input folder {folder} does not exist")
-    return sorted(osp.join(folder, name) for name in scandir(folder))
+    return sorted(scandir(folder, full_path=True))
 
 
 def run_all(function, jobs: list[tuple], workers: int) -> None:
@@ -60,8 +61,7 @@ def run_all(function, jobs: list[tuple], workers: int) -> None:
 
 # ---------------------------------------------------------------------------------------- bicubic
 def bicubic_one(hr_path: str, out_dir: str, scale: int) -> None:
-    img = read_image(hr_path)
-    img = img[: img.shape[0] - img.shape[0] % scale, : img.shape[1] - img.shape[1] % scale]
+    img = mod_crop(read_image(hr_path), scale)
     lr = bicubic_downsample(img.astype(np.float32) / 255.0, scale)
     name = osp.splitext(osp.basename(hr_path))[0] + ".png"
     write_image(osp.join(out_dir, name), np.round(lr * 255).astype(np.uint8))
@@ -155,11 +155,7 @@ def main(argv=None) -> None:
     elif args.command == "meta":
         lines = [osp.join(folder, name) for folder in args.folders
                  for name in sorted(scandir(osp.join(args.root, folder)))]
-        os.makedirs(osp.dirname(osp.abspath(args.output)), exist_ok=True)
-        tmp = f"{args.output}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write("".join(f"{line}\n" for line in lines))
-        os.replace(tmp, args.output)
+        atomic_write_bytes(args.output, "".join(f"{line}\n" for line in lines).encode())
     else:
         train_out, val_out = osp.join(args.output, "train_crops"), osp.join(args.output, "val")
         for folder in (train_out, val_out):

@@ -62,7 +62,7 @@ def test_psnr_of_a_known_pair_matches_the_hand_computed_value(tmp_path):
     assert float(summary[0]["ours"]) == pytest.approx(expected_rgb, abs=1e-6)
 
 
-def test_benchmark_restores_scores_and_saves_crops(tmp_path):
+def test_benchmark_restores_scores_and_saves_crops(tmp_path, monkeypatch):
     rng = np.random.default_rng(1)
     for i in range(2):
         hr = np.clip(rng.normal(128, 40, (32, 40, 3)), 0, 255).astype(np.uint8)
@@ -70,6 +70,8 @@ def test_benchmark_restores_scores_and_saves_crops(tmp_path):
         write_image(tmp_path / "LR" / f"im{i}x4.png", hr[::4, ::4])
     torch.manual_seed(0)
     torch.save({"params_ema": DiffIRS2(**TINY).state_dict()}, tmp_path / "model.pth")
+    listings, list_samples = [], suite.list_samples
+    monkeypatch.setattr(suite, "list_samples", lambda *args: listings.append(args) or list_samples(*args))
 
     code = benchmark_main(["-m", str(tmp_path / "model.pth"), "--lq", str(tmp_path / "LR"), "--gt",
                            str(tmp_path / "HR"), "--filename-tmpl", "{}x4", "--name", "Urban100", "--metrics",
@@ -77,6 +79,7 @@ def test_benchmark_restores_scores_and_saves_crops(tmp_path):
                            "--device", "cpu"])
 
     assert code == 0
+    assert len(listings) == 1  # the stochasticity report (--seeds) reuses the set's samples
     rows = read_csv(tmp_path / "res" / "Urban100" / "metrics.csv")
     assert [r["image"] for r in rows] == ["im0", "im1", "mean"]
     for row in rows[:2]:  # the CSV holds the PSNR of the saved output against the GT

@@ -298,6 +298,10 @@ def test_check_sizes_must_match_the_scale(tmp_path):
         check_dataset_options(paired_opt(tmp_path), 4, "train")
     with pytest.raises(DatasetError, match=r"GT 66x65, LQ 16x16 \(expected LQ 33x32\)"):
         check_dataset_options(paired_opt(tmp_path), 2, "test")
+    # without arguments the scale and phase are those parse_options puts in the dataset's options
+    check_dataset_options({**paired_opt(tmp_path), "scale": 4, "phase": "val"})
+    with pytest.raises(DatasetError, match=r"\(expected LQ 16x16\)"):
+        check_dataset_options({**paired_opt(tmp_path), "scale": 4, "phase": "train"})
 
 
 def test_check_names_unreadable_and_too_small_images(tmp_path):
@@ -307,6 +311,9 @@ def test_check_names_unreadable_and_too_small_images(tmp_path):
         check_dataset_options(paired_opt(tmp_path), 4, "val")
     with pytest.raises(DatasetError, match=r"2 image\(s\) are smaller than gt_size 96 on a side: a\.png \(64x64\)"):
         check_dataset_options(hr_opt(tmp_path / "gt", "train", gt_size=96), 4, "train")
+    make_pairs(tmp_path / "small", ["c.png"])
+    with pytest.raises(DatasetError, match=r"1 GT image\(s\) are smaller than gt_size 96 on a side: c\.png \(64x64\)"):
+        check_dataset_options(paired_opt(tmp_path / "small", gt_size=96), 4, "train")
 
 
 def test_check_realesrgan_and_lmdb_datasets(tmp_path):
@@ -521,3 +528,19 @@ def test_prepare_script_gopro_patches_and_bicubic_lr(tmp_path):
     np.testing.assert_allclose(lr, imresize(hr[:68, :64], 1 / 4).clip(0, 1), atol=0.5 / 255 + 1e-6)
     check_dataset_options({"name": "x4", "type": "PairedImageDataset", "dataroot_gt": str(tmp_path / "hr"),
                            "dataroot_lq": str(tmp_path / "x4"), "io_backend": {"type": "disk"}}, 4, "test")
+
+    meta = tmp_path / "meta" / "x4.txt"  # its folder does not exist yet
+    prepare.main(["meta", "--root", str(tmp_path), "--folders", "hr", "x4", "--output", str(meta)])
+    assert meta.read_text() == "hr/a.png\nx4/a.png\n"
+
+
+def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path):
+    from diffir.utils.atomic import atomic_torch_save, atomic_write_bytes
+
+    target = tmp_path / "new" / "x.pth"
+    atomic_torch_save({"w": torch.ones(2)}, target)  # creates the folder
+    with pytest.raises(Exception, match="pickle"):
+        atomic_torch_save({"w": torch.zeros(2), "f": lambda: 0}, target)  # fails half-way through
+    assert torch.equal(torch.load(target)["w"], torch.ones(2)) and os.listdir(target.parent) == ["x.pth"]
+    atomic_write_bytes(target, b"raw")
+    assert target.read_bytes() == b"raw" and os.listdir(target.parent) == ["x.pth"]

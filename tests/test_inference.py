@@ -20,9 +20,9 @@ from PIL import Image
 from diffir import DiffIRS1, DiffIRS2
 from diffir.checkpoint import (CheckpointError, blend_state_dicts, infer_network_options, network_for_state_dict,
                                read_state_dict)
-from diffir.cli import build_parser, main as inference_main
+from diffir.cli import build_parser, main as inference_main, mask_finder
 from diffir.image_io import ImageReadError, read_image, read_mask, split_image, write_image
-from diffir.restorer import Restorer, initial_noise
+from diffir.restorer import Restorer, initial_noise, mask_to_array
 from diffir.utils import crop_to, pad_to_multiple
 from diffir.zoo import ZOO, ModelNotFoundError, find_model, network_options, resolve
 
@@ -253,6 +253,39 @@ def test_restorer_rejects_stage_one_and_checks_masks():
         inpaint.restore(photo(16, 16))
     with pytest.raises(ValueError, match="mask is 8x8 but the image is 16x16"):
         inpaint.restore(photo(16, 16), np.zeros((8, 8), bool))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_colour_masks_have_the_holes_of_gray_masks(tmp_path, dtype):
+    """White = hole is "above half the maximum" of the mask's dtype, whatever its channels: an RGB mask
+    of small nonzero values has no holes, like the gray mask of the same values."""
+    top = np.iinfo(dtype).max
+    gray = np.array([[0, 1, top // 2], [top // 2 + 1, top - 1, top]], dtype)
+    rgb, rgba = np.repeat(gray[:, :, None], 3, axis=2), np.repeat(gray[:, :, None], 4, axis=2)
+    expected = np.array([[False, False, False], [True, True, True]])
+    for mask in (gray, rgb, rgba):
+        assert np.array_equal(mask_to_array(mask, gray.shape), expected.astype(np.float32))
+        write_image(tmp_path / "mask.png", mask)
+        assert np.array_equal(read_mask(tmp_path / "mask.png"), expected)
+    assert np.array_equal(mask_to_array(expected, gray.shape), expected)  # bool: as is
+    assert np.array_equal(mask_to_array(np.where(expected, 0.6, 0.5), gray.shape), expected)  # float: > 0.5
+
+
+def test_cli_mask_finder_pairs_masks_by_name(tmp_path):
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("a.png", "a_mask.png", "b_mask.png", "b_mask.jpg", "c.txt", "c_mask.tif", "d.x.png", "D.png",
+                 "e_mask2.png", "E.png"):
+        (masks / name).touch()
+    find = mask_finder(masks)
+    # NAME.* before NAME_mask.*, the first in name order, only image files, case-sensitive
+    assert [find(Path("in") / f"{stem}.jpg").name for stem in ("a", "b", "c", "d", "d.x", "D")] == [
+        "a.png", "b_mask.jpg", "c_mask.tif", "d.x.png", "d.x.png", "D.png"]
+    for missing in ("e", "f"):  # e_mask2.png is not e_mask.*, E.png is not e.*
+        with pytest.raises(FileNotFoundError, match=f"no mask for {missing}.png in .*masks "
+                                                    rf"\(expected {missing}.png or {missing}_mask.png\)"):
+            find(Path(f"{missing}.png"))
+    assert mask_finder(masks / "a.png")(Path("z.png")) == masks / "a.png"  # a mask file serves every image
 
 
 # --------------------------------------------------------------------------- image I/O

@@ -261,6 +261,8 @@ def test_stage_one_and_two_train_and_keep_known_pixels(tmp_path):
     s1.save(epoch=0, current_iter=3)
     s1_ckpt = Path(s1.opt["path"]["models"]) / "net_g_3.pth"
     assert (Path(s1.opt["path"]["models"]) / "net_d_3.pth").is_file()
+    s1.feed_data({"lq": inpainting_batch()["lq"]})  # a batch without GT and mask drops the earlier ones
+    assert not hasattr(s1, "gt") and not hasattr(s1, "mask")
 
     s2 = build_model(make_options(tmp_path, 2, s1_ckpt))
     s1_weights = torch.load(s1_ckpt, weights_only=True)["params"]

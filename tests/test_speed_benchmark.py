@@ -5,7 +5,9 @@ import re
 import sys
 from pathlib import Path
 
+import cv2
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_encoder_res=1, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
@@ -46,3 +48,15 @@ def test_plain_bf16_side(speed, capsys):
     assert "compared side: impl=plain, bf16" in out
     maxdiff = float(out.strip().splitlines()[-1].split("maxdiff=")[1])
     assert 0 < maxdiff <= 0.1
+
+
+def test_photo_is_read_as_rgb_centre_crop(speed, tmp_path):
+    path = REPO / "demo_data" / "val" / "dandelion_field.png"
+    bgr = cv2.imread(str(path))
+    expected = torch.from_numpy(bgr[8:208, 92:292, ::-1].copy()).permute(2, 0, 1)[None].float() / 255
+    assert torch.equal(speed.load_photo(str(path), 200), expected)
+    with pytest.raises(ValueError, match=r"is 384x216, smaller than the 256x256 crop"):
+        speed.load_photo(str(path), 256)
+    (tmp_path / "bad.png").write_bytes(b"garbage")
+    with pytest.raises(FileNotFoundError, match="--image: cannot read .*bad.png as an image"):
+        speed.load_photo(str(tmp_path / "bad.png"), 64)

@@ -154,7 +154,7 @@ def test_resume_continues_at_the_same_iteration(workdir, basicsr_log):
     assert not list(exp.parent.glob("*archived*"))
 
     # a partial write left by a kill never counts: only complete *.state files are candidates
-    (exp / "training_states" / "6.state.tmp123").write_bytes(b"garbage")
+    (exp / "training_states" / ".6.state.123.0123abcd.tmp").write_bytes(b"garbage")
     model = model_from(opt_path)
     model.resume_training(state)
     assert torch.equal(model.net_g_ema.G.patch_embed.proj.weight, state["networks"]["net_g_ema"]["G.patch_embed.proj.weight"])
@@ -337,6 +337,15 @@ def test_gan_discriminator_steps_every_iteration_and_alone_before_net_d_init_ite
         assert all(math.isfinite(v) for v in log.values())
     assert step_and_report_changes(3) == {"g", "g_ema", "d"}
     assert {"l_pix", "l_g_gan", "l_d_real", "l_d_fake"} <= set(model.get_current_log())
+
+
+def test_every_optimiser_gets_the_configured_type_and_the_options_keep_it(workdir):
+    # basicsr's setup_optimizers pops optim_g.type in place, which made the encoder-phase optimiser Adam
+    model = gan_stage_two_model(workdir, optim_g={"type": "AdamW", "lr": 1e-3, "weight_decay": 0.01})
+    assert type(model.optimizer_g) is torch.optim.AdamW and type(model.optimizer_e) is torch.optim.AdamW
+    assert model.optimizer_e.defaults["weight_decay"] == 0.01
+    assert type(model.optimizer_d) is torch.optim.Adam
+    assert model.opt["train"]["optim_g"]["type"] == "AdamW" and model.opt["train"]["optim_d"]["type"] == "Adam"
 
 
 def test_perceptual_loss_without_vgg_weights_names_the_file(workdir, monkeypatch):

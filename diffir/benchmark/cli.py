@@ -15,8 +15,8 @@ from pathlib import Path
 
 from ..image_io import read_image, read_mask
 from ..options import load_yaml
-from ..restorer import NETWORK_TASK, Restorer, check_task
-from .suite import Benchmark, BenchmarkSet, list_samples, stochasticity, write_summary
+from ..restorer import NETWORK_TASK, Restorer, check_task, default_scale
+from .suite import Benchmark, BenchmarkSet, stochasticity, write_summary
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="benchmark.py", description="Benchmark a DiffIR model.")
@@ -82,7 +82,7 @@ def _setup(args):
         if not args.task:
             raise ValueError("--restored needs --task (and --scale for SR)")
         task = NETWORK_TASK[args.task]
-        scale = args.scale or (4 if task == "sr" else 1)
+        scale = args.scale or default_scale(task)
         return sets, notes, None, task, scale, f"Benchmark of {args.restored}"
     model = args.model or (opt.get("path") or {}).get("pretrain_network_g")
     if not model:
@@ -117,8 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         result = benchmark.run_set(bset, args.output, restorer=restorer, restored_dir=args.restored, seed=args.seed)
         results.append(result)
         if restorer is not None and args.seeds > 1:
-            samples, _ = list_samples(bset, task)
-            for sample in samples[:args.stochastic_images]:
+            for sample in result.samples[:args.stochastic_images]:
                 report = stochasticity(restorer, read_image(sample.lq), list(range(args.seeds)),
                                        read_mask(sample.mask) if sample.mask else None,
                                        read_image(sample.gt) if sample.gt else None, benchmark)

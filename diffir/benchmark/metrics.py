@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import math
 import os
 import re
 import warnings
@@ -51,6 +52,12 @@ def psnr(output: np.ndarray, gt: np.ndarray, crop_border: int, y_channel: bool) 
     from basicsr.metrics import calculate_psnr
 
     return float(calculate_psnr(output[..., ::-1], gt[..., ::-1], crop_border, test_y_channel=y_channel))
+
+
+def tensor_psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """PSNR (dB) between two tensors of values in [0, 1] (clamped), in float32: for timing scripts."""
+    mse = (a.float().clamp(0, 1) - b.float().clamp(0, 1)).square().mean().item()
+    return 10 * math.log10(1 / mse) if mse > 0 else math.inf
 
 
 def ssim(output: np.ndarray, gt: np.ndarray, crop_border: int, y_channel: bool) -> float:

@@ -24,7 +24,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..image_io import (ImageReadError, atomic_write_bytes, is_image_file, read_image, read_mask, split_image,
+from ..image_io import (ImageReadError, atomic_write_bytes, list_image_files, read_image, read_mask, split_image,
                         write_image)
 from .metrics import (DEFAULT_METRICS, HIGHER_IS_BETTER, IMAGE_METRICS, NEEDS_GT, SET_METRICS, FIDMetric,
                       LPIPSMetric, MissingWeightsError, niqe, psnr, ssim, to_uint8_rgb)
@@ -57,10 +57,15 @@ class SetResult:
     set_metrics: dict = field(default_factory=dict)  # metrics of the whole set (FID)
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     notes: list[str] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # the paired samples, scored or failed
+
+    @property
+    def metric_names(self) -> list[str]:
+        """The per-image metrics, in the rows' order."""
+        return [k for k in (self.rows[0] if self.rows else {}) if k != "image"]
 
     def means(self) -> dict:
-        names = [k for k in (self.rows[0] if self.rows else {}) if k != "image"]
-        return {k: _mean_of_defined([row[k] for row in self.rows]) for k in names}
+        return {k: _mean_of_defined([row[k] for row in self.rows]) for k in self.metric_names}
 
     def summary(self) -> dict:
         return {**self.means(), **self.set_metrics}
@@ -75,7 +80,7 @@ def _mean_of_defined(values: list[float]) -> float:
 def _images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"benchmark folder not found: {folder}")
-    return sorted(p for p in folder.iterdir() if p.is_file() and is_image_file(p))
+    return list_image_files(folder)
 
 
 def _is_mask_name(path: Path) -> bool:
@@ -183,23 +188,19 @@ class Benchmark:
         unknown = [m for m in metrics if m not in IMAGE_METRICS + SET_METRICS]
         if unknown:
             raise ValueError(f"unknown metric(s) {unknown}; choose from {IMAGE_METRICS + SET_METRICS}")
-        self._lpips = self._fid = None
-        if "lpips" in metrics:
+        loaded = {}  # the metrics that need weights
+        for name, build in (("lpips", lambda: LPIPSMetric(lpips_net, lpips_weights, device)),
+                            ("fid", lambda: FIDMetric(fid_weights, device))):
+            if name not in metrics:
+                continue
             try:
-                self._lpips = LPIPSMetric(lpips_net, lpips_weights, device)
+                loaded[name] = build()
             except MissingWeightsError as err:
                 if explicit:
                     raise
-                metrics.remove("lpips")
-                self.notes.append(f"LPIPS not computed: {err}")
-        if "fid" in metrics:
-            try:
-                self._fid = FIDMetric(fid_weights, device)
-            except MissingWeightsError as err:
-                if explicit:
-                    raise
-                metrics.remove("fid")
-                self.notes.append(f"FID not computed: {err}")
+                metrics.remove(name)
+                self.notes.append(f"{name.upper()} not computed: {err}")
+        self._lpips, self._fid = loaded.get("lpips"), loaded.get("fid")
         self.metrics = metrics
 
     def protocol(self) -> str:
@@ -232,7 +233,8 @@ class Benchmark:
             raise ValueError("give either a restorer or a folder of restored images")
         set_dir = Path(out_dir) / bset.name
         result = SetResult(bset.name)
-        samples, result.failures = list_samples(bset, self.task)
+        result.samples, result.failures = list_samples(bset, self.task)
+        samples = result.samples
         has_gt = bool(samples) and samples[0].gt is not None
         if samples and not has_gt:
             result.notes.append("no ground truth: outputs only" + (", NIQE" if "niqe" in self.metrics else ""))
@@ -285,7 +287,7 @@ def _csv_bytes(header: list[str], rows: list[list]) -> bytes:
 
 def write_csv(path: Path, result: SetResult) -> None:
     """Per-image metrics of a set, then a ``mean`` row (atomic write)."""
-    names = [k for k in (result.rows[0] if result.rows else {}) if k != "image"]
+    names = result.metric_names
     rows = [[row["image"], *(f"{row[k]:.6f}" for k in names)] for row in result.rows]
     if result.rows and names:
         rows.append(["mean", *(f"{v:.6f}" for v in result.means().values())])
@@ -299,7 +301,8 @@ def write_summary(out_dir: str | os.PathLike, results: list[SetResult], benchmar
     table, csv_rows = [], []
     for result in results:
         paper_set = find_paper_set(result.name, benchmark.task)
-        for metric, value in result.summary().items():
+        summary = result.summary()
+        for metric, value in summary.items():
             paper = paper_set.results.get(metric) if paper_set else None
             arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
             paper_cell = "" if paper is None else _FORMAT[metric].format(paper) + (
@@ -307,7 +310,7 @@ def write_summary(out_dir: str | os.PathLike, results: list[SetResult], benchmar
             table.append(f"| {result.name} | {len(result.rows)} | {metric.upper()} {arrow} | "
                          f"{_FORMAT[metric].format(value)} | {paper_cell} |")
             csv_rows.append([result.name, len(result.rows), metric, f"{value:.6f}", "" if paper is None else paper])
-        if not result.summary():
+        if not summary:
             table.append(f"| {result.name} | {len(result.rows)} | (no metrics) | | |")
     atomic_write_bytes(out_dir / "summary.csv",
                        _csv_bytes(["set", "images", "metric", "ours", "paper"], csv_rows))

@@ -32,16 +32,18 @@ class DatasetError(ValueError):
     """A dataset's options or files are unusable; the message says which and why."""
 
 
-def check_dataset_options(dataset_opt: dict, scale: int, phase: str) -> None:
+def check_dataset_options(dataset_opt: dict, scale: int | None = None, phase: str | None = None) -> None:
     """Raise :class:`DatasetError` if the dataset described by ``dataset_opt`` cannot be used.
 
-    ``phase`` is 'train', 'val' or 'test' (the prefix of its key in ``opt['datasets']``). Dataset
-    types this module does not know are accepted without checks.
+    ``phase`` is 'train', 'val' or 'test' (the prefix of its key in ``opt['datasets']``). Both default
+    to the dataset's ``phase`` and ``scale`` (else 1), which :func:`diffir.options.parse_options` sets.
+    Dataset types this module does not know are accepted without checks.
     """
     checker = _CHECKERS.get(dataset_opt.get("type"))
     if checker is None:
         return
-    check = _Check(dataset_opt, int(scale), phase)
+    scale = dataset_opt.get("scale", 1) if scale is None else scale
+    check = _Check(dataset_opt, int(scale), dataset_opt["phase"] if phase is None else phase)
     if (dataset_opt.get("io_backend") or {}).get("type") == "lmdb":
         check.lmdb_roots()
     else:
@@ -119,6 +121,17 @@ class _Check:
         if missing:
             self.fail(f"{len(missing)} of the {len(paths)} images listed in {source} do not exist: {_listing(missing)}")
 
+    def listed_paths(self, root_key: str, meta_key: str, required: bool = False) -> list[str]:
+        """The images of folder ``root_key``: those its ``meta_key`` file lists (checked to exist), or
+        without that option every file of the folder."""
+        root = self.folder(root_key)
+        names = self.meta_names(meta_key, required)
+        if names is None:
+            return [osp.join(root, name) for name in self.folder_names(root_key)]
+        paths = [osp.join(root, name) for name in names]
+        self.files_exist(paths, f"{meta_key} '{self.opt[meta_key]}'")
+        return paths
+
     def lmdb_roots(self) -> None:
         roots = [key for key in ("dataroot_gt", "dataroot_lq") if key in self.opt]
         if not roots:
@@ -135,10 +148,13 @@ class _Check:
             self.fail(f"cannot read {len(unreadable)} image file(s): {_listing(unreadable)}")
         return sizes
 
-    def min_side(self, paths: list[str], size: int, what: str) -> None:
-        small = [f"{osp.basename(p)} ({w}x{h})" for p, (w, h) in zip(paths, self.sizes(paths)) if min(w, h) < size]
+    def min_side(self, paths: list[str], size: int, what: str, sizes: list[tuple[int, int]] | None = None,
+                 noun: str = "image") -> None:
+        """Fail on images with a side below ``size``; ``sizes``: their (width, height) if already read."""
+        sizes = self.sizes(paths) if sizes is None else sizes
+        small = [f"{osp.basename(p)} ({w}x{h})" for p, (w, h) in zip(paths, sizes) if min(w, h) < size]
         if small:
-            self.fail(f"{len(small)} image(s) are smaller than {what} {size} on a side: {_listing(small)}")
+            self.fail(f"{len(small)} {noun}(s) are smaller than {what} {size} on a side: {_listing(small)}")
 
     # ------------------------------------------------------------------ dataset kinds
     def paired(self) -> None:
@@ -187,40 +203,22 @@ class _Check:
             self.fail(f"LQ/GT sizes (width x height) do not match scale {s} for {len(wrong)} pair(s): "
                       f"{_listing(wrong)}")
         gt_size = self.opt.get("gt_size")
-        if self.phase == "train" and gt_size and self.opt.get("type") == "PairedImageDataset":
-            small = [f"{osp.basename(gt)} ({w}x{h})" for (gt, _), (w, h) in zip(pairs, sizes[0::2])
-                     if min(w, h) < gt_size]
-            if small:
-                self.fail(f"{len(small)} GT image(s) are smaller than gt_size {gt_size} on a side: {_listing(small)}")
+        if self.phase == "train" and gt_size:
+            self.min_side([gt for gt, _ in pairs], gt_size, "gt_size", sizes[0::2], "GT image")
 
     def hr_bicubic(self) -> None:
-        gt_root = self.folder("dataroot_gt")
-        names = self.meta_names("meta_info")
-        if names is None:
-            paths = [osp.join(gt_root, name) for name in self.folder_names("dataroot_gt")]
-        else:
-            paths = [osp.join(gt_root, name) for name in names]
-            self.files_exist(paths, f"meta_info '{self.opt['meta_info']}'")
+        paths = self.listed_paths("dataroot_gt", "meta_info")
         if self.phase == "train":
             self.min_side(paths, int(self.opt.get("gt_size") or self.scale), "gt_size")
         else:
             self.min_side(paths, self.scale, "the scale")
 
     def realesrgan(self) -> None:
-        gt_root = self.folder("dataroot_gt")
-        paths = [osp.join(gt_root, name) for name in self.meta_names("meta_info", required=True)]
-        self.files_exist(paths, f"meta_info '{self.opt['meta_info']}'")
+        paths = self.listed_paths("dataroot_gt", "meta_info", required=True)
         self.sizes(paths)  # any size works: the dataset pads or crops every image to 400 x 400
 
     def single(self) -> None:
-        lq_root = self.folder("dataroot_lq")
-        names = self.meta_names("meta_info_file")
-        if names is None:
-            paths = [osp.join(lq_root, name) for name in self.folder_names("dataroot_lq")]
-        else:
-            paths = [osp.join(lq_root, name) for name in names]
-            self.files_exist(paths, f"meta_info_file '{self.opt['meta_info_file']}'")
-        self.sizes(paths)
+        self.sizes(self.listed_paths("dataroot_lq", "meta_info_file"))
 
 
 _CHECKERS = {

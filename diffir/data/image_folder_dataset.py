@@ -11,7 +11,8 @@ from basicsr.utils import img2tensor
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+from ..image_io import IMAGE_EXTENSIONS
+
 CROPS = ("random", "center")
 
 

@@ -81,7 +81,8 @@ class InpaintingDataset(data.Dataset):
 
     def __getitem__(self, index):
         path = self.paths[index]
-        image = np.ascontiguousarray(imfrombytes(self.file_client.get(str(path), "gt"), float32=True)[..., ::-1])
+        # kept in OpenCV's BGR order until img2tensor: every step before it treats the channels alike
+        image = imfrombytes(self.file_client.get(str(path), "gt"), float32=True)
         mask, mask_path = None, ""
         if self.mask_root is not None:
             mask_path = str(self._mask_path(path))
@@ -101,7 +102,7 @@ class InpaintingDataset(data.Dataset):
             image = jitter_brightness_contrast(image, rng)
         if mask is None:
             mask = self.mask_generator(image.shape[0], image.shape[1], rng)
-        gt = img2tensor(np.ascontiguousarray(image), bgr2rgb=False, float32=True)
+        gt = img2tensor(np.ascontiguousarray(image), bgr2rgb=True, float32=True)
         mask_t = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None]
         lq = prepare_inpainting_input(gt[None], mask_t[None])[0]
         return {"lq": lq, "gt": gt, "mask": mask_t, "lq_path": str(path), "gt_path": str(path), "mask_path": mask_path}

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,9 +48,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..image_io import IMAGE_EXTENSIONS, is_image_file
+from ..utils.atomic import atomic_write_bytes
 from .checks import image_size
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
 @dataclass(frozen=True)
@@ -207,8 +206,6 @@ MASK_PRESETS: dict[str, dict] = {
                       box_kwargs=dict(margin=10, bbox_min_size=30, bbox_max_size=300, min_times=1, max_times=4),
                       **_THICK_BOXES),
 }
-PRESET_SIZES = {"train": 256, "thin_256": 256, "medium_256": 256, "thick_256": 256,
-                "thin_512": 512, "medium_512": 512, "thick_512": 512}
 
 
 def seeded_rng(seed: int, key: str | int) -> np.random.Generator:
@@ -244,15 +241,7 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     ok, data = cv2.imencode(".png", (np.asarray(mask) > 0).astype(np.uint8) * 255)
     if not ok:
         raise RuntimeError(f"could not encode the mask for {path}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".png", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data.tobytes())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write_bytes(path, data.tobytes())
 
 
 def list_images(folder: str | os.PathLike, exclude_suffix: str = "") -> list[Path]:
@@ -260,7 +249,7 @@ def list_images(folder: str | os.PathLike, exclude_suffix: str = "") -> list[Pat
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
+    files = sorted(p for p in folder.iterdir() if is_image_file(p) and p.is_file())
     if exclude_suffix:
         files = [p for p in files if not p.stem.endswith(exclude_suffix)]
     if not files:

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import accumulate
 
 import torch
@@ -83,10 +84,14 @@ class ProgressiveSchedule:
     def total_iter(self) -> int:
         return sum(self.iters)
 
+    @cached_property
+    def stage_ends(self) -> tuple[int, ...]:
+        """The last iteration of each stage (cached in the instance dict, which frozen does not guard)."""
+        return tuple(accumulate(self.iters))
+
     def stage(self, current_iter: int) -> int:
         """Index of the stage that ``current_iter`` (basicsr counts from 1) belongs to."""
-        ends = list(accumulate(self.iters))
-        return min(bisect.bisect_left(ends, current_iter), len(ends) - 1)
+        return min(bisect.bisect_left(self.stage_ends, current_iter), len(self.stage_ends) - 1)
 
     def at(self, current_iter: int) -> tuple[int, int]:
         """(mini_batch_size, patch_size) to train on at ``current_iter``."""

@@ -31,6 +31,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from torch.nn.parallel import DataParallel, DistributedDataParallel
 
+from ..utils.atomic import atomic_torch_save
 from ..utils.compile import compile_network
 from ..utils.padding import crop_to, pad_to_multiple
 from .diffloss_mixin import DiffLossMixin
@@ -39,13 +40,6 @@ from .lr_scheduler import CosineAnnealingRestartCyclicLR
 
 class NonFiniteLossError(RuntimeError):
     """Training produced non-finite losses for too many iterations in a row."""
-
-
-def atomic_torch_save(obj, path: str) -> None:
-    """Save so that ``path`` is either the old file or the complete new one, never a partial write."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def rng_states() -> dict:
@@ -103,6 +97,15 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         super().__init__(opt)
         compile_network(self.get_bare_model(self.net_g), opt.get("compile"))
 
+    def feed_data(self, data):
+        """Move the batch's ``batch_keys`` tensors to the device (``lq`` is required) and drop those the
+        batch lacks, so that nothing of an earlier batch (a training GT in validation) is used."""
+        for key in self.batch_keys:
+            if key in data or key == "lq":
+                setattr(self, key, data[key].to(self.device))
+            elif hasattr(self, key):
+                delattr(self, key)
+
     # ------------------------------------------------------------------ devices and setup
     def model_to_device(self, net):
         net = net.to(self.device)
@@ -135,6 +138,17 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
             raise ValueError(f"optimizer type {optim_type!r} is not supported; use one of {sorted(optimizers)}")
         return optimizers[optim_type](params, lr, **kwargs)
 
+    def setup_optimizers(self):
+        # basicsr's version pops "type" from train.optim_g in place; give it a copy, since stage two
+        # reads those options again for its encoder optimiser
+        train_opt = self.opt["train"]
+        optim_g = train_opt["optim_g"]
+        train_opt["optim_g"] = dict(optim_g)
+        try:
+            super().setup_optimizers()
+        finally:
+            train_opt["optim_g"] = optim_g
+
     def setup_schedulers(self):
         scheduler_opt = dict(self.opt["train"]["scheduler"])
         scheduler_type = scheduler_opt.pop("type")
@@ -153,6 +167,10 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         """Return ``(total_loss, loss_dict, output)`` for one (micro-)batch. Implemented by subclasses."""
         raise NotImplementedError
 
+    def autocast(self):
+        """bf16 autocast when ``train.amp`` asks for it, else a context that does nothing."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
     def optimizer_for(self, current_iter: int):
         return self.optimizer_g
 
@@ -162,9 +180,22 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         chunks = {k: v.chunk(min(self.grad_accum_steps, batch_size)) for k, v in tensors.items()}
         return [dict(zip(chunks, parts)) for parts in zip(*chunks.values())]
 
+    def gt_or_usm(self, batch: dict, option: str):
+        """The batch's USM-sharpened GT when ``option`` is on and the batch has one (real-world SR V2), else its GT."""
+        return batch["gt_usm"] if self.opt.get(option) and "gt_usm" in batch else batch["gt"]
+
     def l1_target(self, batch: dict):
-        """The GT the pixel loss (and CPEN_S1) see: USM-sharpened with ``l1_gt_usm`` (real-world SR V2)."""
-        return batch["gt_usm"] if self.opt.get("l1_gt_usm") and "gt_usm" in batch else batch["gt"]
+        """The GT the pixel loss (and CPEN_S1) see."""
+        return self.gt_or_usm(batch, "l1_gt_usm")
+
+    def add_perceptual_loss(self, l_total, output, gt, loss_dict):
+        """``l_total`` plus basicsr's perceptual and style terms (those it computes), logged in ``loss_dict``."""
+        l_percep, l_style = self.cri_perceptual(output, gt)
+        for name, value in (("l_percep", l_percep), ("l_style", l_style)):
+            if value is not None:
+                loss_dict[name] = value
+                l_total = l_total + value
+        return l_total
 
     def image_losses(self, output, batch: dict, loss_dict):
         """Pixel + perceptual + DiffLoss terms on a restored batch (each optional); returns their sum."""
@@ -174,12 +205,7 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
             loss_dict["l_pix"] = self.cri_pix(output, gt)
             l_total = l_total + loss_dict["l_pix"]
         if self.cri_perceptual:
-            percep_gt = batch["gt_usm"] if self.opt.get("percep_gt_usm") and "gt_usm" in batch else batch["gt"]
-            l_percep, l_style = self.cri_perceptual(output, percep_gt)
-            for name, value in (("l_percep", l_percep), ("l_style", l_style)):
-                if value is not None:
-                    loss_dict[name] = value
-                    l_total = l_total + value
+            l_total = self.add_perceptual_loss(l_total, output, self.gt_or_usm(batch, "percep_gt_usm"), loss_dict)
         return l_total + self.diffloss_terms(output, gt, loss_dict)
 
     def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
@@ -197,9 +223,8 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             sync = nullcontext() if last or not isinstance(self.net_g, DistributedDataParallel) else self.net_g.no_sync()
-            autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
             with sync:
-                with autocast:
+                with self.autocast():
                     l_total, loss_dict, output = self.compute_losses(batch, current_iter)
                 if not self._all_ranks_finite(l_total):
                     return self._skip_nonfinite(current_iter, loss_dict, optimizer)
@@ -233,9 +258,13 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
 
     def optimize_parameters(self, current_iter):
         stepped = self.generator_step(current_iter)
+        self.finish_iteration(stepped, self.loss_dict)
+
+    def finish_iteration(self, stepped: bool, log: dict) -> None:
+        """Update the EMA after a generator step and keep the iteration's log, averaged over ranks."""
         if stepped and self.ema_decay > 0:
             self.model_ema(decay=self.ema_decay)
-        self.log_dict = self.reduce_loss_dict(self.loss_dict) if self.loss_dict else OrderedDict()
+        self.log_dict = self.reduce_loss_dict(log) if log else OrderedDict()
 
     # ------------------------------------------------------------------ validation
     def size_multiple(self) -> int:

@@ -30,9 +30,8 @@ class AdversarialMixin(DiscriminatorMixin):
     def generator_due(self, current_iter):
         return current_iter % self.net_d_iters == 0 and current_iter > self.net_d_init_iters
 
-    def discriminator_step(self):
-        self.net_d.requires_grad_(True)
-        self.optimizer_d.zero_grad(set_to_none=True)
+    def discriminator_backward(self):
+        # one backward per D forward, as basicsr's ESRGAN: the real graph is freed before the fake forward
         real = self.gt_usm if self.opt.get("gan_gt_usm") and hasattr(self, "gt_usm") else self.gt
         real_pred = self.net_d(real)
         l_d_real = self.cri_gan(real_pred, True, is_disc=True)
@@ -40,7 +39,6 @@ class AdversarialMixin(DiscriminatorMixin):
         fake_pred = self.net_d(self.output.detach())
         l_d_fake = self.cri_gan(fake_pred, False, is_disc=True)
         l_d_fake.backward()
-        self.optimizer_d.step()
         return OrderedDict(l_d_real=l_d_real.detach(), l_d_fake=l_d_fake.detach(),
                            out_d_real=real_pred.detach().mean(), out_d_fake=fake_pred.detach().mean())
 

@@ -40,13 +40,7 @@ class InpaintingTrainingMixin(DiscriminatorMixin):
     """What both inpainting stages add to the generic DiffIR models: masks, GAN losses, compositing, FID."""
 
     batch_keys = ("lq", "gt", "mask")
-
-    def feed_data(self, data):
-        super().feed_data(data)
-        if "mask" in data:
-            self.mask = data["mask"].to(self.device)
-        elif hasattr(self, "mask"):
-            del self.mask
+    clip_discriminator_grad = True  # LaMa's gradient_clip_val applies to both optimisers
 
     # ------------------------------------------------------------------ setup
     def init_training_settings(self):
@@ -72,11 +66,7 @@ class InpaintingTrainingMixin(DiscriminatorMixin):
         loss_dict["l_pix"] = self.cri_pix(output, gt, mask)
         l_total = loss_dict["l_pix"]
         if self.cri_perceptual:
-            l_percep, l_style = self.cri_perceptual(output, gt)
-            for name, value in (("l_percep", l_percep), ("l_style", l_style)):
-                if value is not None:
-                    loss_dict[name] = value
-                    l_total = l_total + value
+            l_total = self.add_perceptual_loss(l_total, output, gt, loss_dict)
         fake_pred, fake_features = self.net_d(output)
         loss_dict["l_g_gan"] = self.cri_gan.generator_loss(fake_pred, mask)
         l_total = l_total + loss_dict["l_g_gan"]
@@ -90,15 +80,9 @@ class InpaintingTrainingMixin(DiscriminatorMixin):
             l_total = l_total + loss_dict["l_g_resnet_pl"]
         return l_total + self.diffloss_terms(output, gt, loss_dict)
 
-    def discriminator_step(self):
-        self.net_d.requires_grad_(True)
-        self.optimizer_d.zero_grad(set_to_none=True)
+    def discriminator_backward(self):
         l_d, metrics = self.cri_gan.discriminator_loss(self.net_d, self.gt, self.output, self.mask)
         l_d.backward()
-        if self.grad_clip:  # LaMa's gradient_clip_val applies to both optimisers
-            torch.nn.utils.clip_grad_norm_(self.net_d.parameters(), float(self.grad_clip))
-        self.optimizer_d.step()
-        self.net_d.requires_grad_(False)
         return OrderedDict(l_d=l_d.detach(), **metrics)
 
     # ------------------------------------------------------------------ validation

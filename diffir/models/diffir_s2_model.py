@@ -28,10 +28,9 @@ class DiffIRS2Model(DiffIRS1Model):
     """
 
     def __init__(self, opt):
-        train_opt = opt.get("train", {})
-        if opt.get("dist") and train_opt.get("encoder_iter", 0) > 0:
+        self.encoder_iter = int(opt.get("train", {}).get("encoder_iter", 0))
+        if opt.get("dist") and self.encoder_iter > 0:
             opt["find_unused_parameters"] = True  # the encoder phase leaves the DIRformer unused
-        self.encoder_iter = int(train_opt.get("encoder_iter", 0))
         self.net_g_S1 = None
         super().__init__(opt)
 
@@ -57,10 +56,9 @@ class DiffIRS2Model(DiffIRS1Model):
     def setup_optimizers(self):
         super().setup_optimizers()
         optim_opt = dict(self.opt["train"]["optim_g"])
-        optim_type = optim_opt.pop("type", "Adam")
         estimator = [p for name, p in self.get_bare_model(self.net_g).named_parameters()
                      if name.startswith(("condition.", "denoise."))]
-        self.optimizer_e = self.get_optimizer(optim_type, estimator, **optim_opt)
+        self.optimizer_e = self.get_optimizer(optim_opt.pop("type"), estimator, **optim_opt)
         self.optimizers.append(self.optimizer_e)
 
     def in_encoder_phase(self, current_iter):

@@ -60,7 +60,7 @@ class DiffusionPriorModel(DiffIRBaseModel):
 
     def feed_data(self, data):
         self.gt = data["gt"].to(self.device)
-        low, high = float(self.gt.min()), float(self.gt.max())
+        low, high = torch.stack(torch.aminmax(self.gt)).tolist()  # one device sync
         if low < -1e-3 or high > 1 + 1e-3:
             raise ValueError(f"prior training images must be in [0, 1], got values in [{low:.4g}, {high:.4g}]")
 
@@ -81,17 +81,17 @@ class DiffusionPriorModel(DiffIRBaseModel):
         net.eval()
         generator = torch.Generator().manual_seed(seed)
         steps = torch.linspace(0, self.diffusion.num_timesteps - 1, VAL_TIMESTEP_COUNT).round().long()
-        total, count = 0.0, 0
+        total, count = torch.zeros((), dtype=torch.float64, device=self.device), 0  # summed on the device
         for data in dataloader:
             x0 = data["gt"].to(self.device) * 2 - 1
             for step in steps.tolist():
                 noise = torch.randn(x0.shape, generator=generator).to(self.device)
                 t = torch.full((x0.shape[0],), step, device=self.device, dtype=torch.long)
                 eps, _ = net(self.diffusion.q_sample(x0, t, noise), t)
-                total += F.mse_loss(eps.float(), noise, reduction="sum").item()
+                total += F.mse_loss(eps.float(), noise, reduction="sum").double()
                 count += noise.numel()
         net.train(was_training)
-        return total / max(count, 1)
+        return total.item() / max(count, 1)
 
     def nondist_validation(self, dataloader, current_iter, tb_logger, save_img):
         value = self.eps_mse(dataloader)
@@ -100,7 +100,3 @@ class DiffusionPriorModel(DiffIRBaseModel):
         if tb_logger:
             tb_logger.add_scalar(f"metrics/{name}/val_eps_mse", value, current_iter)
         self.last_val_eps_mse = value
-
-    def dist_validation(self, dataloader, current_iter, tb_logger, save_img):
-        if self.opt["rank"] == 0:
-            self.nondist_validation(dataloader, current_iter, tb_logger, save_img)

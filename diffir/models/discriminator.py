@@ -2,7 +2,6 @@
 optionally initialised from ``path.pretrain_network_d``, optimised by ``optimizer_d`` (``optim_d``)
 and saved as ``net_d_<iter>.pth`` and in the training state."""
 from collections import OrderedDict
-from contextlib import nullcontext
 
 import torch
 from basicsr.archs import build_network
@@ -10,8 +9,11 @@ from basicsr.losses import build_loss
 
 
 class DiscriminatorMixin:
-    """Subclasses define ``discriminator_step()`` (returns its log) and may gate the generator with
-    ``generator_due(current_iter)``; the discriminator steps on every iteration."""
+    """Subclasses define ``discriminator_backward()`` (D's losses, backpropagated; returns their log)
+    and may gate the generator with ``generator_due(current_iter)``; the discriminator steps on every
+    iteration."""
+
+    clip_discriminator_grad = False  # whether train.grad_clip also clips D's gradient
 
     def build_discriminator(self) -> None:
         """Build ``net_d`` and ``cri_gan``; call before the base ``init_training_settings``."""
@@ -44,16 +46,23 @@ class DiscriminatorMixin:
             log = OrderedDict()
         if self.output is not None:  # also None in stage two's encoder phase
             log.update(self.discriminator_step())
-        if stepped and self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
-        self.log_dict = self.reduce_loss_dict(log) if log else OrderedDict()
+        self.finish_iteration(stepped, log)
+
+    def discriminator_step(self):
+        """One optimiser step of D on the losses of ``discriminator_backward()``; returns their log."""
+        self.net_d.requires_grad_(True)
+        self.optimizer_d.zero_grad(set_to_none=True)
+        log = self.discriminator_backward()
+        if self.clip_discriminator_grad and self.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.net_d.parameters(), float(self.grad_clip))
+        self.optimizer_d.step()
+        return log
 
     def generator_output(self, current_iter):
         """The generator's training forward over the micro-batches, without gradients. Its losses are
         computed and dropped: D-only iterations are few (none in the official recipes, which set
         net_d_iters 1 and net_d_init_iters 0)."""
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with torch.no_grad(), autocast:
+        with torch.no_grad(), self.autocast():
             outputs = [self.compute_losses(batch, current_iter)[2] for batch in self._micro_batches()]
         return torch.cat(outputs) if outputs[0] is not None else None
 

@@ -1,6 +1,7 @@
 """Learning-rate schedules the official configs use that basicsr 1.4.2 lacks."""
 import math
 
+from basicsr.models.lr_scheduler import get_position_from_periods
 from torch.optim.lr_scheduler import LRScheduler
 
 
@@ -23,8 +24,9 @@ class CosineAnnealingRestartCyclicLR(LRScheduler):
         super().__init__(optimizer, last_epoch)
 
     def get_lr(self):
-        cycle = next((i for i, end in enumerate(self.cumulative_period) if self.last_epoch <= end),
-                     len(self.periods) - 1)
+        cycle = get_position_from_periods(self.last_epoch, self.cumulative_period)
+        if cycle is None:  # past the last period: stay in the last cycle
+            cycle = len(self.periods) - 1
         start = self.cumulative_period[cycle - 1] if cycle > 0 else 0
         progress = (self.last_epoch - start) / self.periods[cycle]
         eta_min, weight = self.eta_mins[cycle], self.restart_weights[cycle]

@@ -14,7 +14,4 @@ class SyntheticDegradationMixin:
                 self.degradation = RealESRGANDegradation(self.opt, self.device)
             self.lq, self.gt, self.gt_usm = self.degradation(data)
             return
-        for stale in ("gt", "gt_usm"):
-            if hasattr(self, stale):
-                delattr(self, stale)
         super().feed_data(data)

@@ -40,6 +40,7 @@ import torch
 import yaml
 
 from ..checkpoint import CheckpointError, infer_network_options
+from .atomic import atomic_torch_save
 
 PARTS = {"generator.": "generator", "generatorS1.": "generator_s1", "discriminator.": "discriminator"}
 
@@ -124,12 +125,6 @@ def convert_lama_checkpoint(checkpoint: str | os.PathLike | Mapping) -> Converte
     return converted
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def save_converted(converted: ConvertedCheckpoint, out_dir: str | os.PathLike) -> dict[str, Path]:
     """Write basicsr-format files (``{'params': state_dict}``) for each part; returns {part: path}."""
     out_dir = Path(out_dir)
@@ -139,7 +134,7 @@ def save_converted(converted: ConvertedCheckpoint, out_dir: str | os.PathLike) -
                           ("net_d", converted.discriminator)):
         if weights is not None:
             written[name] = out_dir / f"{name}.pth"
-            _atomic_save({"params": {k: v.contiguous() for k, v in weights.items()}}, written[name])
+            atomic_torch_save({"params": {k: v.contiguous() for k, v in weights.items()}}, written[name])
     return written
 
 
