@@ -56,6 +56,17 @@ def init_distributed(opt: dict) -> None:
         dist.init_process_group(backend=backend)
 
 
+def close_distributed() -> None:
+    """Wait for every process, then take the process group down.
+
+    A process that exits with its gloo group still alive can abort (SIGABRT) while the
+    interpreter shuts down, so a finished run would report failure at random.
+    """
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def set_override(opt: dict, entry: str) -> None:
     """Apply ``a:b:c=value`` to an existing key of ``opt``."""
     keys, _, value = entry.partition("=")

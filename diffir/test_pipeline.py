@@ -14,7 +14,7 @@ from basicsr.utils import get_env_info, get_root_logger, get_time_str, make_exp_
 from basicsr.utils.options import dict2str
 
 from .data.checks import check_dataset_options
-from .options import parse_options
+from .options import close_distributed, parse_options
 
 
 def test_pipeline(argv=None) -> str:
@@ -48,4 +48,5 @@ def test_pipeline(argv=None) -> str:
         if not has_gt:
             logger.info(f"{dataset_opt['name']}: no ground truth, saving outputs only")
         model.validation(loader, current_iter=opt["name"], tb_logger=None, save_img=val_opt.get("save_img", True))
+    close_distributed()
     return opt["path"]["results_root"]

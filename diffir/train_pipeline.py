@@ -26,7 +26,7 @@ from basicsr.utils.options import copy_opt_file, dict2str
 
 from .data.checks import check_dataset_options
 from .data.progressive import ProgressiveSchedule
-from .options import parse_options
+from .options import close_distributed, parse_options
 
 
 class ResumableSampler(EnlargedSampler):
@@ -205,4 +205,5 @@ def train_pipeline(argv=None) -> str:
             model.validation(val_loader, current_iter, tb_logger, opt["val"].get("save_img", False))
     if tb_logger:
         tb_logger.close()
+    close_distributed()
     return opt["path"]["experiments_root"]

@@ -280,17 +280,31 @@ def test_missing_dataroot_is_reported_before_training(workdir):
     assert not (workdir / "experiments").exists()
 
 
-def test_two_process_cpu_ddp(workdir):
-    opt_path, _ = write_options(workdir, 1)
+def torchrun_two_processes(script, opt_path, *extra, cwd):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     with socket.socket() as probe:  # a free port, so parallel runs of the suite cannot collide
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
-           str(REPO / "train.py"), "-opt", str(opt_path), "--launcher", "pytorch", "--force_yml", "train:total_iter=3"]
-    done = subprocess.run(cmd, cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
+           str(REPO / script), "-opt", str(opt_path), "--launcher", "pytorch", *extra]
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert (workdir / "experiments" / "demo_DiffIRS1_x4" / "models" / "net_g_latest.pth").is_file()
+    return done.stderr
+
+
+def test_two_process_cpu_ddp_train_then_test(workdir):
+    opt_path, opt = write_options(workdir, 1)
+    torchrun_two_processes("train.py", opt_path, "--force_yml", "train:total_iter=3", cwd=workdir)
+    ckpt = workdir / "experiments" / "demo_DiffIRS1_x4" / "models" / "net_g_latest.pth"
+    assert ckpt.is_file()
+
+    test_opt = {key: opt[key] for key in ("model_type", "scale", "num_gpu", "network_g", "val")}
+    test_opt.update(name="ddp_test", datasets={"test_1": opt["datasets"]["val"]},
+                    path={"pretrain_network_g": str(ckpt)})
+    test_path = workdir / "test.yml"
+    test_path.write_text(yaml.dump(test_opt, Dumper=ordered_yaml()[1]))
+    log = torchrun_two_processes("test.py", test_path, cwd=workdir)
+    assert re.search(r"# psnr: \d+\.\d+", log), log[-3000:]
 
 
 def gan_stage_two_model(workdir, **train_overrides):
