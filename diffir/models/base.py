@@ -29,7 +29,7 @@ from basicsr.models import lr_scheduler as basicsr_lr_scheduler
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
-from torch.nn.parallel import DataParallel, DistributedDataParallel
+from torch.nn.parallel import DistributedDataParallel
 
 from ..utils.atomic import atomic_torch_save
 from ..utils.compile import compile_network
@@ -91,8 +91,6 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
     batch_keys = ("lq", "gt", "gt_usm")
 
     def __init__(self, opt):
-        if opt.get("num_gpu", 0) and torch.cuda.is_available() and opt.get("dist"):
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         complete_network_scale(opt)
         super().__init__(opt)
         compile_network(self.get_bare_model(self.net_g), opt.get("compile"))
@@ -108,14 +106,10 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
 
     # ------------------------------------------------------------------ devices and setup
     def model_to_device(self, net):
-        net = net.to(self.device)
-        if self.opt["dist"]:
-            device_ids = [self.device.index or 0] if self.device.type == "cuda" else None
-            return DistributedDataParallel(net, device_ids=device_ids,
+        if self.opt["dist"] and self.device.type == "cpu":  # basicsr's version assumes a CUDA device
+            return DistributedDataParallel(net.to(self.device),
                                            find_unused_parameters=self.opt.get("find_unused_parameters", False))
-        if self.opt["num_gpu"] > 1:
-            return DataParallel(net)
-        return net
+        return super().model_to_device(net)
 
     def init_training_settings(self):
         train_opt = self.opt["train"]
