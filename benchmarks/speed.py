@@ -70,7 +70,8 @@ class Setup:
             torch.cuda.synchronize(self.device)
 
 
-def network_options(preset: str, stage: int) -> dict:
+def constructor_kwargs(preset: str, stage: int) -> dict:
+    """The preset's network options without their registry 'type', for calling the class directly."""
     options = PRESETS[preset] if stage == 2 else stage_one(PRESETS[preset])
     return {k: v for k, v in options.items() if k != "type"}
 
@@ -79,8 +80,8 @@ def build_pair(preset: str, stage: int, setup: Setup, mode: str) -> tuple[torch.
     """A plain and a fast network with the same random weights."""
     cls = DiffIRS2 if stage == 2 else DiffIRS1
     torch.manual_seed(0)
-    plain = cls(**network_options(preset, stage), impl="plain").to(setup.device)
-    fast = cls(**network_options(preset, stage), impl=setup.fast_impl).to(setup.device)
+    plain = cls(**constructor_kwargs(preset, stage), impl="plain").to(setup.device)
+    fast = cls(**constructor_kwargs(preset, stage), impl=setup.fast_impl).to(setup.device)
     fast.load_state_dict(plain.state_dict())
     for net in (plain, fast):
         net.train(mode == "train")
@@ -182,7 +183,7 @@ def train_case(stage: int, setup: Setup, batch: int, lr_size: int, repeats: int,
     noise = torch.randn(batch, IPR_DIM, generator=generator).to(setup.device)
     if stage == 2:  # a frozen stage-one CPEN provides the IPR that stage two learns to estimate
         torch.manual_seed(0)
-        cpen_s1 = DiffIRS1(**network_options("sr-x4", 1)).E.to(setup.device).eval().requires_grad_(False)
+        cpen_s1 = DiffIRS1(**constructor_kwargs("sr-x4", 1)).E.to(setup.device).eval().requires_grad_(False)
 
     def trainer(net: torch.nn.Module, dtype: torch.dtype, lq: torch.Tensor, gt: torch.Tensor):
         optimizer = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.99))

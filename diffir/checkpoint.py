@@ -192,12 +192,6 @@ def build_network(options: Mapping) -> nn.Module:
     return basicsr_build(dict(options))
 
 
-def load_network(path: str | Path, options: Mapping | None = None, param_key: str = "params_ema") -> nn.Module:
-    """Build the network for a checkpoint file and load its weights strictly; returned in eval mode."""
-    state_dict, source = read_state_dict(path, param_key)
-    return network_for_state_dict(state_dict, options, origin=f"{path} ({source})")
-
-
 def network_for_state_dict(state_dict: Mapping[str, torch.Tensor], options: Mapping | None = None,
                            origin: str = "the checkpoint") -> nn.Module:
     """Build a network for ``state_dict`` and load it strictly; returned in eval mode.

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from .archs.diffir_arch import DiffIRS2
 from .restorer import initial_noise
 from .utils.atomic import replacing
+from .utils.padding import crop_to
 
 
 class ExportableStageTwo(nn.Module):
@@ -47,7 +48,7 @@ class ExportableStageTwo(nn.Module):
         if self.fixed_noise:
             noise = self.noise.expand(lq.shape[0], -1)
         ipr = self.net.diffusion(padded, noise=noise)
-        return self.net.G(padded, ipr)[..., : height * scale, : width * scale]
+        return crop_to(self.net.G(padded, ipr), (height, width), scale)
 
 
 def export_onnx(net: DiffIRS2, path: str | os.PathLike, seed: int | None = None, example_size: int = 32,

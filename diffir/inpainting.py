@@ -42,12 +42,9 @@ def inpaint(net: torch.nn.Module, image: torch.Tensor, mask: torch.Tensor, **for
     """Fill the holes of ``image`` with an eval-mode DiffIRS2 (any size; padded to its size multiple).
 
     ``forward_kwargs`` go to the network (``noise=`` / ``generator=`` to fix stage two's sample). The
-    image and the mask are padded alike (reflection; LaMa's predict.py pads both symmetrically) before
-    the input is built; the output is cropped back and composited, so known pixels come back unchanged.
+    input is padded by reflection, so the image and the mask are padded alike (LaMa's predict.py pads
+    both); the output is cropped back and composited, so known pixels come back unchanged.
     """
-    _check_pair(image, mask)
-    multiple = getattr(net, "size_multiple", 8)
-    padded_image, size = pad_to_multiple(image, multiple)
-    padded_mask, _ = pad_to_multiple(mask.to(image.dtype), multiple)
-    prediction = crop_to(net(prepare_inpainting_input(padded_image, padded_mask), **forward_kwargs), size)
+    padded, size = pad_to_multiple(prepare_inpainting_input(image, mask), getattr(net, "size_multiple", 8))
+    prediction = crop_to(net(padded, **forward_kwargs), size)
     return composite(prediction, image, mask)

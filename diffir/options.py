@@ -16,6 +16,7 @@ import torch
 import torch.distributed as dist
 import yaml
 from basicsr.utils import set_random_seed
+from basicsr.utils.dist_util import get_dist_info
 from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
 
 REQUIRED_KEYS = {True: ("name", "model_type", "datasets", "network_g", "path", "train"),
@@ -97,9 +98,7 @@ def parse_options(is_train: bool, argv=None) -> tuple[dict, argparse.Namespace]:
     opt["dist"] = args.launcher != "none"
     if opt["dist"]:
         init_distributed(opt)
-        opt["rank"], opt["world_size"] = dist.get_rank(), dist.get_world_size()
-    else:
-        opt["rank"], opt["world_size"] = 0, 1
+    opt["rank"], opt["world_size"] = get_dist_info()
 
     seed = opt.get("manual_seed")
     if seed is None:

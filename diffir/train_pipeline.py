@@ -126,8 +126,7 @@ def train_pipeline(argv=None) -> str:
     elif opt["rank"] == 0:
         for key in ("experiments_root", "models", "training_states", "visualization"):
             os.makedirs(opt["path"][key], exist_ok=True)
-    if opt["rank"] == 0:
-        copy_opt_file(args.opt, opt["path"]["experiments_root"])
+    copy_opt_file(args.opt, opt["path"]["experiments_root"])  # basicsr's: rank 0 only
     if opt["dist"]:
         torch.distributed.barrier()
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import os
 import os.path as osp
-import random
 
 import cv2
 import numpy as np
@@ -15,7 +14,7 @@ import torch
 import diffir  # noqa: F401  (registers everything; must precede basicsr imports)
 from basicsr.archs import build_network
 from basicsr.data import build_dataset
-from basicsr.utils import img2tensor
+from basicsr.utils import img2tensor, set_random_seed
 from basicsr.utils.img_process_util import USMSharp
 from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
@@ -125,14 +124,8 @@ def constant_batch(values) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32).view(-1, 1, 1, 1).expand(-1, 3, 96, 96).clone()
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
 def test_degradation_shapes_values_and_pool_on_cpu():
-    seed_everything(0)
+    set_random_seed(0)
     degrade = RealESRGANDegradation({**OFFICIAL_DEGRADATION, "scale": 4, "gt_size": 32, "queue_size": 4},
                                     torch.device("cpu"))
     seen = set()
@@ -156,7 +149,7 @@ def test_degradation_shapes_values_and_pool_on_cpu():
 
 
 def test_degradation_usm_target_and_option_errors():
-    seed_everything(1)
+    set_random_seed(1)
     degrade = RealESRGANDegradation({**OFFICIAL_DEGRADATION, "scale": 2, "gt_size": 32, "queue_size": 0}, "cpu")
     lq, gt, gt_usm = degrade(degradation_batch(torch.rand(3, 3, 96, 96)))
     assert lq.shape == (3, 3, 16, 16)
@@ -174,7 +167,7 @@ def test_degradation_usm_target_and_option_errors():
 
 
 def test_degradation_sharpens_gt_first_when_gt_usm_is_set():
-    seed_everything(2)
+    set_random_seed(2)
     opt = {**OFFICIAL_DEGRADATION, "scale": 1, "gt_size": 96, "queue_size": 0, "gt_usm": True}
     gt_in = torch.rand(1, 3, 96, 96)
     _, gt, _ = RealESRGANDegradation(opt, "cpu")(degradation_batch(gt_in))

@@ -102,7 +102,8 @@ def test_network_options_select_impl_and_checkpointing():
     options = dict(type="DiffIRS2", dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, n_encoder_res=1, scale=4)
     net = build_network({**options, "impl": "plain", "use_checkpoint": True})
     assert net.G.impl == "plain" and net.G.use_checkpoint
-    assert build_network(options).G.impl == "auto" and not build_network(options).G.use_checkpoint
+    default = build_network(options)
+    assert default.G.impl == "auto" and not default.G.use_checkpoint
 
 
 def test_invalid_impl_is_rejected():

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from basicsr.archs import build_network
 from basicsr.models import build_model
 from basicsr.utils.options import ordered_yaml
 
@@ -136,10 +137,10 @@ def test_dataset_validation_masks_fixed_or_from_folder(tmp_path):
     mask = np.zeros((32, 40), np.uint8)
     mask[5:20, 8:30] = 255
     cv2.imwrite(str(lama / "img0_mask000.png"), mask)
-    item = InpaintingDataset(dict(phase="val", dataroot_gt=str(lama), dataroot_mask=str(lama),
-                                  mask_suffix="_mask000"))[0]
-    assert len(InpaintingDataset(dict(phase="val", dataroot_gt=str(lama), dataroot_mask=str(lama),
-                                      mask_suffix="_mask000"))) == 1
+    lama_set = InpaintingDataset(dict(phase="val", dataroot_gt=str(lama), dataroot_mask=str(lama),
+                                      mask_suffix="_mask000"))
+    assert len(lama_set) == 1
+    item = lama_set[0]
     assert item["mask"].sum() == 15 * 22 and item["mask_path"].endswith("img0_mask000.png")
     with pytest.raises(FileNotFoundError, match="have no mask"):
         InpaintingDataset(dict(phase="val", dataroot_gt=str(images), dataroot_mask=str(lama)))
@@ -374,13 +375,14 @@ def test_lama_checkpoint_conversion_round_trip(tmp_path):
     assert converted.network_g["ffn_expansion_factor"] == 1.8 and converted.network_d["n_layers"] == 4
 
     convert_main([str(tmp_path / "last.ckpt"), str(tmp_path / "out")])
-    net_g_opts = {k: v for k, v in converted.network_g.items() if k != "type"}
-    restored = DiffIRS2(**net_g_opts).eval()
-    restored.load_state_dict(torch.load(tmp_path / "out" / "net_g.pth", weights_only=True)["params"], strict=True)
-    restored_s1 = DiffIRS1(**{k: v for k, v in converted.network_s1.items() if k != "type"}).eval()
-    restored_s1.load_state_dict(torch.load(tmp_path / "out" / "net_g_S1.pth", weights_only=True)["params"])
-    restored_d = NLayerDiscriminator(**{k: v for k, v in converted.network_d.items() if k != "type"}).eval()
-    restored_d.load_state_dict(torch.load(tmp_path / "out" / "net_d.pth", weights_only=True)["params"])
+    def restore(options, file):
+        net = build_network(options).eval()
+        net.load_state_dict(torch.load(tmp_path / "out" / file, weights_only=True)["params"], strict=True)
+        return net
+
+    restored = restore(converted.network_g, "net_g.pth")
+    restored_s1 = restore(converted.network_s1, "net_g_S1.pth")
+    restored_d = restore(converted.network_d, "net_d.pth")
 
     image, mask = torch.rand(1, 3, 32, 32), (torch.rand(1, 1, 32, 32) > 0.7).float()
     lq, noise = prepare_inpainting_input(image, mask), torch.randn(1, 256)
@@ -408,7 +410,6 @@ def test_stage_one_masked_l1_falls_on_a_fixed_batch(tmp_path):
                                                        ("Places256", 26_232_746, 26_402_474),
                                                        ("PlacesBig", 49_313_194, 49_482_922)])
 def test_official_options_build_the_official_networks(name, params_s1, params_s2):
-    from basicsr.archs import build_network
     for stage, expected in ((1, params_s1), (2, params_s2)):
         opt = load_yaml(str(REPO / "options" / "train" / "Inpainting" / f"train_DiffIRS{stage}_{name}.yml"))
         assert opt["model_type"] == f"DiffIRInpaintS{stage}Model"

@@ -381,19 +381,17 @@ def test_bf16_autocast_step_runs_on_cpu(workdir):
 
 def test_official_x4_block_without_scale_builds_sr_from_the_top_level_scale(workdir):
     opt_path, opt = write_options(workdir, 1)
-    for key in ("network_g",):
-        opt[key].pop("scale")
+    opt["network_g"].pop("scale")
     opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
     model = model_from(opt_path)
     assert (model.net_g.task, model.net_g.scale) == ("sr", 4)
     opt["scale"] = 1  # the official deblurring files: top-level scale 1, no network scale
-    opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
     from diffir.models.base import complete_network_scale
     complete_network_scale(opt)
     assert "scale" not in opt["network_g"]
 
 
-def test_deblur_progressive_schedule_through_the_pipeline(workdir, basicsr_log):
+def test_deblur_progressive_schedule_through_the_pipeline(workdir, basicsr_log, monkeypatch):
     """The official deblurring recipe's progressive patch/batch schedule, shrunk to 4 iterations."""
     for split in ("train", "val"):
         for kind in ("target", "input"):
@@ -424,11 +422,8 @@ def test_deblur_progressive_schedule_through_the_pipeline(workdir, basicsr_log):
         seen.append(tuple(data["gt"].shape))
         original(self, data)
 
-    DiffIRS1Model.feed_data = recording_feed
-    try:
-        exp = run_train(["-opt", str(workdir / "deblur.yml")])
-    finally:
-        DiffIRS1Model.feed_data = original
+    monkeypatch.setattr(DiffIRS1Model, "feed_data", recording_feed)
+    exp = run_train(["-opt", str(workdir / "deblur.yml")])
     train_shapes = seen[:4]
     assert train_shapes == [(4, 3, 32, 32), (4, 3, 32, 32), (2, 3, 48, 48), (2, 3, 48, 48)]
     assert (exp / "models" / "net_g_4.pth").is_file()

@@ -67,6 +67,12 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
         return img.shape[1], img.shape[0]
 
 
+def read_meta_info(path: str | os.PathLike) -> list[str]:
+    """The image names a meta-info file lists: the first word of each non-empty line."""
+    with open(path) as fin:
+        return [line.split()[0] for line in fin if line.strip()]
+
+
 def _size_or_reason(path: str) -> tuple[int, int] | str:
     try:
         return image_size(path)
@@ -110,8 +116,7 @@ class _Check:
             return None
         if not osp.isfile(path):
             self.fail(f"{key} '{path}' does not exist")
-        with open(path) as fin:
-            names = [line.split()[0] for line in fin if line.strip()]
+        names = read_meta_info(path)
         if not names:
             self.fail(f"{key} '{path}' lists no images")
         return names

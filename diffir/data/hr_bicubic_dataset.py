@@ -18,6 +18,8 @@ from basicsr.utils.matlab_functions import imresize
 from basicsr.utils.registry import DATASET_REGISTRY
 from torch.utils import data
 
+from .checks import read_meta_info
+
 
 def bicubic_downsample(img_gt: np.ndarray, scale: int) -> np.ndarray:
     """MATLAB ``imresize(img, 1/scale)`` (bicubic, antialiased) of an HWC float image in [0, 1],
@@ -61,8 +63,7 @@ class HRBicubicDataset(data.Dataset):
             self.io_backend_opt["client_keys"] = ["gt"]
             self.paths = paths_from_lmdb(gt_folder)
         elif opt.get("meta_info"):
-            with open(opt["meta_info"]) as fin:
-                self.paths = [osp.join(gt_folder, line.split()[0]) for line in fin if line.strip()]
+            self.paths = [osp.join(gt_folder, name) for name in read_meta_info(opt["meta_info"])]
         else:
             self.paths = sorted(osp.join(gt_folder, name) for name in scandir(gt_folder))
         if not self.paths:

@@ -48,8 +48,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ..image_io import IMAGE_EXTENSIONS, is_image_file
-from ..utils.atomic import atomic_write_bytes
+from ..image_io import IMAGE_EXTENSIONS, list_image_files, write_image
 from .checks import image_size
 
 
@@ -238,10 +237,7 @@ def write_mask(path: str | os.PathLike, mask: np.ndarray) -> None:
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"masks are written as PNG (lossless); got {path}")
-    ok, data = cv2.imencode(".png", (np.asarray(mask) > 0).astype(np.uint8) * 255)
-    if not ok:
-        raise RuntimeError(f"could not encode the mask for {path}")
-    atomic_write_bytes(path, data.tobytes())
+    write_image(path, (np.asarray(mask) > 0).astype(np.uint8) * 255)
 
 
 def list_images(folder: str | os.PathLike, exclude_suffix: str = "") -> list[Path]:
@@ -249,7 +245,7 @@ def list_images(folder: str | os.PathLike, exclude_suffix: str = "") -> list[Pat
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder {folder} does not exist")
-    files = sorted(p for p in folder.iterdir() if is_image_file(p) and p.is_file())
+    files = list_image_files(folder)
     if exclude_suffix:
         files = [p for p in files if not p.stem.endswith(exclude_suffix)]
     if not files:

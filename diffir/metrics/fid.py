@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from basicsr.archs.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2
 from torchvision.models import inception as tv_inception
 
 FEATURE_DIM = 2048
@@ -32,45 +33,17 @@ WEIGHTS_HINT = (f"FID needs Inception-v3 weights from a local file: pytorch-fid'
                 f"FIDs) or torchvision's inception_v3_google-*.pth. Download it and pass its path.")
 
 
-# pytorch-fid's changes to torchvision's blocks, which the TF graph behind published FIDs computes.
-# Each block runs torchvision's branches and replaces the pooling branch (its 1x1 conv runs twice; cheap).
-class _PoolBranchWithoutPadding:
-    """Mixin: the pooling branch averages without counting the zero padding."""
-
-    def _forward(self, x):
-        outputs = super()._forward(x)
-        outputs[-1] = self.branch_pool(F.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False))
-        return outputs
-
-
-class _FIDInceptionA(_PoolBranchWithoutPadding, tv_inception.InceptionA):
-    pass
-
-
-class _FIDInceptionC(_PoolBranchWithoutPadding, tv_inception.InceptionC):
-    pass
-
-
-class _FIDInceptionEAvg(_PoolBranchWithoutPadding, tv_inception.InceptionE):
-    pass
-
-
-class _FIDInceptionEMax(tv_inception.InceptionE):
-    def _forward(self, x):
-        outputs = super()._forward(x)
-        outputs[-1] = self.branch_pool(F.max_pool2d(x, 3, stride=1, padding=1))
-        return outputs
-
-
 def _build_inception(fid_variant: bool, init_weights: bool) -> tv_inception.Inception3:
+    # basicsr's FIDInception* blocks are pytorch-fid's changes to torchvision's, which the TF graph behind
+    # published FIDs computes
     blocks = [tv_inception.BasicConv2d, tv_inception.InceptionA, tv_inception.InceptionB, tv_inception.InceptionC,
               tv_inception.InceptionD, tv_inception.InceptionE, tv_inception.InceptionAux]
     if fid_variant:
-        blocks[1], blocks[3], blocks[5] = _FIDInceptionA, _FIDInceptionC, _FIDInceptionEAvg
+        blocks[1], blocks[3], blocks[5] = FIDInceptionA, FIDInceptionC, FIDInceptionE_1
     net = tv_inception.Inception3(num_classes=1008 if fid_variant else 1000, aux_logits=False,
                                   transform_input=False, inception_blocks=blocks, init_weights=init_weights)
     if fid_variant:
-        net.Mixed_7c = _FIDInceptionEMax(2048)
+        net.Mixed_7c = FIDInceptionE_2(2048)
     return net
 
 
