@@ -37,9 +37,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .archs.detect import network_for_state_dict
 from .archs.diffir_arch import DiffIRS2
 from .archs.ipr_diffusion import IPR_DIM
-from .checkpoint import blend_state_dicts, network_for_state_dict, read_state_dict
+from .checkpoint import blend_state_dicts, read_state_dict
 from .image_io import hole_mask, merge_image, split_image
 from .inpainting import composite, prepare_inpainting_input
 from .utils.compile import compile_network

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from diffir import DiffIRS1, DiffIRS2
-from diffir.checkpoint import (CheckpointError, blend_state_dicts, infer_network_options, network_for_state_dict,
-                               read_state_dict)
+from diffir.archs.detect import infer_network_options, network_for_state_dict
+from diffir.checkpoint import CheckpointError, blend_state_dicts, read_state_dict
 from diffir.cli import build_parser, main as inference_main, mask_finder
 from diffir.image_io import ImageReadError, read_image, read_mask, split_image, write_image
 from diffir.restorer import Restorer, initial_noise, mask_to_array

@@ -15,7 +15,7 @@ from basicsr.utils.options import ordered_yaml
 
 from diffir import DiffIRS1, DiffIRS2
 from diffir.archs.nlayer_discriminator_arch import NLayerDiscriminator
-from diffir.checkpoint import CheckpointError
+from diffir.checkpoint import CheckpointError, read_lightning_checkpoint
 from diffir.data.inpainting_dataset import InpaintingDataset
 from diffir.data.masks import (MaskGenerator, coverage_stats, draw_box_mask, BoxMaskOptions,
                                generate_mask_set, read_mask, seeded_rng)
@@ -25,7 +25,7 @@ from diffir.losses.inpainting_loss import (FeatureMatchingLoss, MaskedL1Loss, No
 from diffir.metrics.fid import (FIDAccumulator, InceptionFeatures, feature_statistics, fid_from_features,
                                 frechet_distance)
 from diffir.options import load_yaml
-from diffir.utils.lama_checkpoint import convert_lama_checkpoint, main as convert_main, read_lightning_checkpoint
+from diffir.utils.lama_checkpoint import convert_lama_checkpoint, main as convert_main
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_encoder_res=1, inp_channels=4, out_channels=3, dim=8, num_blocks=[1, 1, 1, 1],

@@ -32,6 +32,7 @@ from basicsr.utils.registry import ARCH_REGISTRY
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..checkpoint import CheckpointError, read_state_dict
 from ..utils.state_dict import mismatch_lines
 
 NUM_CLASSES = 1000  # ImageNet labels of guided-diffusion's class-conditional models
@@ -366,8 +367,6 @@ class DiffusionPriorUNet(nn.Module):
 def read_prior_checkpoint(path) -> dict[str, torch.Tensor]:
     """The UNet state dict in ``path``: a guided-diffusion file, or a basicsr checkpoint
     (``params_ema`` preferred over ``params``) such as the own-prior trainer writes."""
-    from ..checkpoint import CheckpointError, read_state_dict  # here: diffir.checkpoint imports diffir.archs
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"diffusion prior checkpoint not found: {path}. The DiffLoss paper's prior is "

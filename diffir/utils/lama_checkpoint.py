@@ -39,41 +39,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..checkpoint import CheckpointError, infer_network_options
+from ..archs.detect import infer_network_options
+from ..checkpoint import CheckpointError, read_lightning_checkpoint
 from .atomic import atomic_torch_save
 
 PARTS = {"generator.": "generator", "generatorS1.": "generator_s1", "discriminator.": "discriminator"}
-
-
-class _Placeholder:
-    """Stands in for any pickled Python object that is not plain data; keeps its arguments, runs nothing."""
-
-    def __init__(self, *args, **kwargs):
-        self.args, self.kwargs = args, kwargs
-
-    def __setstate__(self, state):
-        self.state = state
-
-
-def read_lightning_checkpoint(path: str | os.PathLike) -> dict:
-    """``torch.load`` a Lightning checkpoint safely, with placeholders for its non-tensor Python objects."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if not hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
-        raise CheckpointError(f"reading {path} without omegaconf / Lightning needs torch >= 2.5 "
-                              f"(this is {torch.__version__})")
-    try:
-        foreign = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        stubs = [(type(name, (_Placeholder,), {}), name) for name in foreign]
-        with torch.serialization.safe_globals(stubs):
-            content = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # truncated files, foreign formats
-        raise CheckpointError(f"{path} is not a readable PyTorch checkpoint: {err}") from err
-    if not isinstance(content, Mapping) or not isinstance(content.get("state_dict"), Mapping):
-        keys = list(content)[:10] if isinstance(content, Mapping) else type(content).__name__
-        raise CheckpointError(f"{path} is not a Lightning checkpoint: no 'state_dict' mapping (top level: {keys})")
-    return dict(content)
 
 
 def infer_discriminator_options(state_dict: Mapping[str, torch.Tensor]) -> dict:
