@@ -1,7 +1,6 @@
-"""DiffLoss: values, shared draws, gradient flow, precision options, errors; the mixin, the generic
+"""DiffLoss: values, shared draws, gradient flow, precision options, errors; the models' DiffLoss part, the generic
 restoration model, DiffIR S1 with DiffLoss (logged to tensorboard), the own-prior trainer, the YAML files."""
 import inspect
-from collections import OrderedDict
 from pathlib import Path
 
 import cv2
@@ -16,7 +15,7 @@ from torch.utils.data import DataLoader
 
 from diffir.data.image_folder_dataset import ImageFolderDataset
 from diffir.losses.diffloss_loss import DiffLoss
-from diffir.models.diffloss_mixin import DiffLossMixin
+from diffir.models.base import build_diffloss
 from diffir.options import load_yaml
 
 OPTIONS = Path(__file__).parent.parent / "options" / "diffloss"
@@ -225,23 +224,16 @@ def test_checkpoint_for_another_architecture_lists_the_keys(tmp_path):
         DiffLoss(tmp_path / "prior.pt", {**TINY_PRIOR, "learn_sigma": False})
 
 
-# ---------------------------------------------------------------------------------------- the mixin
-class MixinUser(DiffLossMixin):
-    device = torch.device("cpu")
-
-
-def test_mixin_off_and_on():
-    user = MixinUser()
-    user.init_diffloss({})
-    loss_dict = OrderedDict()
-    assert user.cri_diffloss is None and user.diffloss_terms(images(), images(), loss_dict) == 0.0 and not loss_dict
+# ---------------------------------------------------------------------------------------- the model's part
+def test_build_diffloss_off_and_on():
+    assert build_diffloss({}, "cpu") is None
 
     train_opt = {"diffloss_opt": {"type": "DiffLoss", **RANDOM_PRIOR}}
-    user.init_diffloss(train_opt)
+    loss = build_diffloss(train_opt, "cpu")
     assert train_opt["diffloss_opt"]["type"] == "DiffLoss"  # the options are not consumed
-    assert not user.cri_diffloss.training and not any(p.requires_grad for p in user.cri_diffloss.parameters())
-    total = user.diffloss_terms(0.5 * images(), images(), loss_dict)
-    assert list(loss_dict) == ["l_nat", "l_sem"] and torch.equal(total, loss_dict["l_nat"] + loss_dict["l_sem"])
+    assert isinstance(loss, DiffLoss) and not loss.training and not any(p.requires_grad for p in loss.parameters())
+    terms = loss.terms(0.5 * images(), images())
+    assert list(terms) == ["l_nat", "l_sem"] and all(v > 0 for v in terms.values())
     assert isinstance(build_loss({"type": "DiffLoss", **RANDOM_PRIOR}), DiffLoss)
 
 

@@ -237,14 +237,14 @@ def inpainting_batch(size=32):
 
 
 def run_and_check_known_pixels(model, batch, iters):
-    d_before = model.net_d.model0[0].weight.clone()
+    d_before = model.adversarial.net_d.model0[0].weight.clone()
     for it in range(1, iters + 1):
         model.feed_data(batch)
         model.optimize_parameters(it)
         log = model.get_current_log()
         assert {"l_pix", "l_g_gan", "l_g_fm", "l_d", "d_r1"} <= set(log), log
         assert all(np.isfinite(v) for v in log.values())
-    assert not torch.equal(model.net_d.model0[0].weight, d_before)  # the discriminator trains
+    assert not torch.equal(model.adversarial.net_d.model0[0].weight, d_before)  # the discriminator trains
     model.feed_data(batch)
     model.test()
     known = 1 - batch["mask"]

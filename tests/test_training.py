@@ -108,6 +108,12 @@ def test_pipeline_stage_one_then_two_then_test(workdir, basicsr_log):
     # the DIRformer starts from stage one; stage one is frozen
     assert torch.equal(model.net_g.G.patch_embed.proj.weight, saved["params_ema"]["G.patch_embed.proj.weight"])
     assert not any(p.requires_grad for p in model.net_g_S1.parameters())
+    # one line says what came from stage one, instead of basicsr's list of every differing key
+    n_dirformer = sum(k.startswith("G.") for k in saved["params"])
+    assert (f"net_g: loaded {n_dirformer} DIRformer (G.*) tensors from {s1_ckpt} ('params_ema'); CPEN_S2 (condition.*), "
+            f"denoiser (denoise.*), noise schedule (diffusion.*) start fresh; not used from the file: CPEN_S1 (E.*)"
+            in basicsr_log.text)
+    assert "Current net" not in basicsr_log.text
 
     batch = fixed_batch()
     g_before = model.net_g.G.patch_embed.proj.weight.clone()
@@ -323,19 +329,19 @@ def gan_stage_two_model(workdir, **train_overrides):
 
 def test_gan_stage_two_trains_generator_and_discriminator(workdir):
     model = gan_stage_two_model(workdir)
-    d_before = [p.clone() for p in model.net_d.parameters()]
+    d_before = [p.clone() for p in model.adversarial.net_d.parameters()]
     for it in range(1, 3):
         model.feed_data(fixed_batch())
         model.optimize_parameters(it)
     log = model.get_current_log()
     assert {"l_pix", "l_ipr", "l_g_gan", "l_d_real", "l_d_fake"} <= set(log)
-    assert any(not torch.equal(a, b) for a, b in zip(d_before, model.net_d.parameters()))
+    assert any(not torch.equal(a, b) for a, b in zip(d_before, model.adversarial.net_d.parameters()))
     assert "net_d" in model.networks_to_save()
 
 
 def test_gan_discriminator_steps_every_iteration_and_alone_before_net_d_init_iters(workdir):
     model = gan_stage_two_model(workdir, net_d_init_iters=2)
-    nets = {"g": model.net_g, "g_ema": model.net_g_ema, "d": model.net_d}
+    nets = {"g": model.net_g, "g_ema": model.net_g_ema, "d": model.adversarial.net_d}
 
     def step_and_report_changes(it):
         before = {name: [p.detach().clone() for p in net.parameters()] for name, net in nets.items()}

@@ -1,17 +1,29 @@
-"""What every diffir training model adds to basicsr's SRModel.
+"""The training model every diffir model type builds on, and its one training step.
+
+:meth:`DiffIRBaseModel.optimize_parameters` is the training iteration, read top to bottom:
+forward -> losses (pixel, perceptual, ResNetPL, DiffLoss, adversarial, stage-two IPR loss) ->
+backward / optimiser step (over ``train.grad_accum_steps`` micro-batches) -> discriminator step ->
+EMA. The optional parts are plain objects the model owns, built from the options:
+
+* ``self.degradation``: the Real-ESRGAN on-the-fly degradation (``high_order_degradation: true``),
+  applied to a training batch when it is fed (:meth:`feed_data`), as basicsr's RealESRGANModel does;
+* ``self.cri_diffloss``: DiffLoss (``train.diffloss_opt``), frozen, outside ``net_g``;
+* ``self.adversarial``: discriminator, GAN loss and D optimiser (:mod:`diffir.models.adversarial`),
+  for model types that name an ``adversarial_training`` class.
+
+Model types only say how their network runs in training (:meth:`forward_train`). Around the step:
 
 * Device-agnostic: CPU (``num_gpu: 0``), one GPU, DDP on NCCL or gloo (no hard-coded ``.cuda()``).
-* One optimisation step per iteration, written once: optional gradient accumulation over
-  ``train.grad_accum_steps`` micro-batches of the loaded batch, bf16 autocast (``train.amp: bf16``),
-  gradient clipping (``train.grad_clip``), and a non-finite loss guard: the step is skipped and
-  logged; after ``train.max_nonfinite_steps`` in a row (default 5) training stops with a clear error
-  naming the last good checkpoint. Subclasses only say what the loss is (:meth:`compute_losses`).
+* bf16 autocast (``train.amp: bf16``), gradient clipping (``train.grad_clip``) and a non-finite loss
+  guard: the step is skipped and logged; after ``train.max_nonfinite_steps`` in a row (default 5)
+  training stops with a clear error naming the last good checkpoint.
+* Weights are read with ``torch.load(weights_only=True)``; a partial load (``strict_load_*: false``,
+  e.g. stage two starting from stage one) is reported in one line saying what was loaded.
 * Checkpoints and training states are written atomically (temp file + rename), and a training state
   holds everything needed to continue exactly: networks (incl. EMA and discriminator), optimisers,
   schedulers and RNG states.
 * Validation pads the LQ image to the network's size multiple, crops the output back and samples
   stage two with a fixed seed, so validation numbers are reproducible.
-* Optional DiffLoss (``train.diffloss_opt``) through :class:`DiffLossMixin`.
 * Optional ``torch.compile`` of the network (top-level ``compile``, see :mod:`diffir.utils.compile`).
 """
 from __future__ import annotations
@@ -21,21 +33,30 @@ import os
 import random
 from collections import OrderedDict
 from contextlib import nullcontext
+from copy import deepcopy
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from basicsr.archs.vgg_arch import VGG_PRETRAIN_PATH
+from basicsr.losses import build_loss
 from basicsr.models import lr_scheduler as basicsr_lr_scheduler
 from basicsr.models.sr_model import SRModel
 from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from ..checkpoint import CheckpointError, read_state_dict
+from ..data.degradation import RealESRGANDegradation
 from ..utils.atomic import atomic_torch_save
 from ..utils.compile import compile_network
 from ..utils.padding import crop_to, pad_to_multiple
-from .diffloss_mixin import DiffLossMixin
 from .lr_scheduler import CosineAnnealingRestartCyclicLR
+
+# what the top-level state-dict prefixes of the DiffIR networks are, for the partial-load log line
+PART_NAMES = {"G": "DIRformer", "E": "CPEN_S1", "condition": "CPEN_S2", "denoise": "denoiser",
+              "diffusion": "noise schedule"}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,8 +95,6 @@ def complete_network_scale(opt: dict) -> None:
 def require_vgg_weights() -> None:
     """basicsr's perceptual loss downloads VGG19 weights when its local copy is missing; say which file
     to get instead of failing inside a download on an offline machine."""
-    from basicsr.archs.vgg_arch import VGG_PRETRAIN_PATH
-
     cached = os.path.join(torch.hub.get_dir(), "checkpoints", "vgg19-dcbb9e9d.pth")
     if not (os.path.isfile(VGG_PRETRAIN_PATH) or os.path.isfile(cached)):
         raise FileNotFoundError(
@@ -84,11 +103,32 @@ def require_vgg_weights() -> None:
             f"run folder) or at {cached}")
 
 
-class DiffIRBaseModel(DiffLossMixin, SRModel):
-    """SRModel with the shared training machinery described in the module docstring."""
+def build_diffloss(train_opt: dict, device) -> nn.Module | None:
+    """DiffLoss from ``train.diffloss_opt`` (None when absent): on ``device``, frozen, in eval mode.
+    It lives outside ``net_g``, so the prior never reaches a checkpoint or an optimiser."""
+    diffloss_opt = train_opt.get("diffloss_opt")
+    if not diffloss_opt:
+        return None
+    diffloss_opt = deepcopy(dict(diffloss_opt))  # build_loss pops 'type'; keep the options intact
+    diffloss_opt.setdefault("type", "DiffLoss")
+    loss = build_loss(diffloss_opt).to(device).requires_grad_(False).eval()
+    get_root_logger().info(f"DiffLoss on: {loss.describe()}")
+    return loss
+
+
+def describe_parts(keys) -> str:
+    """'DIRformer (G.*), CPEN_S2 (condition.*)' for state-dict keys, by top-level prefix."""
+    prefixes = sorted({k.split(".")[0] for k in keys})
+    return ", ".join(f"{PART_NAMES[p]} ({p}.*)" if p in PART_NAMES else f"{p}.*" for p in prefixes)
+
+
+class DiffIRBaseModel(SRModel):
+    """SRModel with the one training step and the shared machinery described in the module docstring."""
 
     # tensors of a training batch that are split into micro-batches (when present)
     batch_keys = ("lq", "gt", "gt_usm")
+    # the adversarial part's class (see diffir.models.adversarial); None: no discriminator
+    adversarial_training = None
 
     def __init__(self, opt):
         complete_network_scale(opt)
@@ -97,7 +137,12 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
 
     def feed_data(self, data):
         """Move the batch's ``batch_keys`` tensors to the device (``lq`` is required) and drop those the
-        batch lacks, so that nothing of an earlier batch (a training GT in validation) is used."""
+        batch lacks, so that nothing of an earlier batch (a training GT in validation) is used. A training
+        batch of GT + blur kernels (RealESRGANDataset) is degraded into (lq, gt, gt_usm) here when the
+        model has the synthetic degradation; validation and other datasets give their LQ images."""
+        if self.is_train and getattr(self, "degradation", None) is not None and "kernel1" in data:
+            self.lq, self.gt, self.gt_usm = self.degradation(data)
+            return
         for key in self.batch_keys:
             if key in data or key == "lq":
                 setattr(self, key, data[key].to(self.device))
@@ -111,6 +156,37 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
                                            find_unused_parameters=self.opt.get("find_unused_parameters", False))
         return super().model_to_device(net)
 
+    def load_network(self, net, load_path, strict=True, param_key="params"):
+        """basicsr's ``load_network``, reading with ``weights_only=True``. A strict load names the file
+        when it does not fit; a partial one (``strict_load_*: false``) loads the tensors that fit and
+        logs one line saying what came from the file and what starts fresh."""
+        bare = self.get_bare_model(net)
+        state, source = read_state_dict(load_path, param_key or "params")
+        label = next((name for name in ("net_g", "net_g_ema", "net_g_S1") if getattr(self, name, None) is net), type(bare).__name__)
+        logger = get_root_logger()
+        if strict:
+            try:
+                bare.load_state_dict(state, strict=True)
+            except RuntimeError as err:
+                raise CheckpointError(f"{load_path} ({source}) does not fit {label} ({type(bare).__name__}): {err}") from err
+            logger.info(f"{label}: loaded {type(bare).__name__} from {load_path} ({source})")
+            return
+        own = bare.state_dict()
+        fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        resized = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+        bare.load_state_dict(fits, strict=False)
+        fresh = [k for k in own if k not in fits]
+        unused = [k for k in state if k not in own]
+        line = f"{label}: loaded {len(fits)} {describe_parts(fits)} tensors from {load_path} ({source})"
+        if fresh:
+            line += f"; {describe_parts(fresh)} start fresh"
+        if unused:
+            line += f"; not used from the file: {describe_parts(unused)}"
+        logger.info(line)
+        if resized:
+            logger.warning(f"{label}: {len(resized)} tensors of {load_path} have another shape than the network's "
+                           f"and start fresh, e.g. {resized[:3]}")
+
     def init_training_settings(self):
         train_opt = self.opt["train"]
         self.grad_accum_steps = int(train_opt.get("grad_accum_steps", 1))
@@ -123,8 +199,18 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         self.amp_dtype = torch.bfloat16 if amp else None
         if train_opt.get("perceptual_opt"):
             require_vgg_weights()
-        super().init_training_settings()
-        self.init_diffloss(train_opt)
+        self.degradation = (RealESRGANDegradation(self.opt, self.device)
+                            if self.opt.get("high_order_degradation", False) else None)
+        self.adversarial = self.adversarial_training(self) if self.adversarial_training else None
+        self.cri_resnet_pl = build_loss(dict(train_opt["resnet_pl_opt"])).to(self.device) \
+            if train_opt.get("resnet_pl_opt") else None
+        self.build_frozen_networks()
+        super().init_training_settings()  # basicsr: EMA copy, pixel + perceptual losses, optimisers, schedulers
+        self.cri_kd = build_loss(train_opt["kd_opt"]).to(self.device) if train_opt.get("kd_opt") else None
+        self.cri_diffloss = build_diffloss(train_opt, self.device)
+
+    def build_frozen_networks(self) -> None:
+        """Networks that training uses but does not train (stage two: the stage-one network)."""
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
         optimizers = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
@@ -133,6 +219,13 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         return optimizers[optim_type](params, lr, **kwargs)
 
     def setup_optimizers(self):
+        """The generator's optimisers (:meth:`setup_generator_optimizers`), then the discriminator's."""
+        self.setup_generator_optimizers()
+        if self.adversarial is not None:
+            self.optimizer_d = self.adversarial.build_optimizer(self.get_optimizer)
+            self.optimizers.append(self.optimizer_d)
+
+    def setup_generator_optimizers(self):
         # basicsr's version pops "type" from train.optim_g in place; give it a copy, since stage two
         # reads those options again for its encoder optimiser
         train_opt = self.opt["train"]
@@ -156,60 +249,67 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
             raise ValueError(f"train.scheduler.type {scheduler_type!r} is not supported; use one of {sorted(classes)}")
         self.schedulers = [classes[scheduler_type](optimizer, **scheduler_opt) for optimizer in self.optimizers]
 
-    # ------------------------------------------------------------------ one optimisation step
-    def compute_losses(self, batch: dict, current_iter: int):
-        """Return ``(total_loss, loss_dict, output)`` for one (micro-)batch. Implemented by subclasses."""
+    # ------------------------------------------------------------------ the training step
+    def optimize_parameters(self, current_iter):
+        """One training iteration on the fed batch (degraded in :meth:`feed_data` when configured).
+
+        1. generator step (:meth:`generator_step`): forward -> losses -> backward -> optimiser step, with
+           the discriminator frozen. With a discriminator, G steps every ``net_d_iters`` iterations
+           after ``net_d_init_iters``; until then only a gradient-free forward gives D its fakes.
+        2. discriminator step on the generator's output (every iteration, as basicsr's ESRGAN).
+        3. EMA update after a generator step; the log is averaged over ranks.
+        """
+        self.output = None
+        if self.adversarial is None or self.adversarial.generator_due(current_iter):
+            stepped = self.generator_step(current_iter)  # output stays None if skipped (non-finite loss)
+            log = OrderedDict(self.loss_dict)
+        else:
+            stepped, log = False, OrderedDict()
+            self.output = self.generator_output(current_iter)
+        if self.adversarial is not None and self.output is not None:  # None in stage two's encoder phase
+            log.update(self.adversarial.discriminator_step(self.full_batch(), self.output))
+        if stepped and self.ema_decay > 0:
+            self.model_ema(decay=self.ema_decay)
+        self.log_dict = self.reduce_loss_dict(log) if log else OrderedDict()
+
+    def forward_train(self, batch: dict, current_iter: int):
+        """The network's training forward on a (micro-)batch: ``(restored image or None, IPR pair or
+        None)``, the pair being (estimated IPR, target IPR) for stage two's IPR loss. Per model type."""
         raise NotImplementedError
 
-    def autocast(self):
-        """bf16 autocast when ``train.amp`` asks for it, else a context that does nothing."""
-        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-
-    def optimizer_for(self, current_iter: int):
-        return self.optimizer_g
-
-    def _micro_batches(self):
-        tensors = {k: getattr(self, k) for k in self.batch_keys if hasattr(self, k)}
-        batch_size = next(iter(tensors.values())).shape[0]
-        chunks = {k: v.chunk(min(self.grad_accum_steps, batch_size)) for k, v in tensors.items()}
-        return [dict(zip(chunks, parts)) for parts in zip(*chunks.values())]
-
-    def gt_or_usm(self, batch: dict, option: str):
-        """The batch's USM-sharpened GT when ``option`` is on and the batch has one (real-world SR V2), else its GT."""
-        return batch["gt_usm"] if self.opt.get(option) and "gt_usm" in batch else batch["gt"]
-
-    def l1_target(self, batch: dict):
-        """The GT the pixel loss (and CPEN_S1) see."""
-        return self.gt_or_usm(batch, "l1_gt_usm")
-
-    def add_perceptual_loss(self, l_total, output, gt, loss_dict):
-        """``l_total`` plus basicsr's perceptual and style terms (those it computes), logged in ``loss_dict``."""
-        l_percep, l_style = self.cri_perceptual(output, gt)
-        for name, value in (("l_percep", l_percep), ("l_style", l_style)):
-            if value is not None:
-                loss_dict[name] = value
-                l_total = l_total + value
-        return l_total
-
-    def image_losses(self, output, batch: dict, loss_dict):
-        """Pixel + perceptual + DiffLoss terms on a restored batch (each optional); returns their sum."""
-        gt = self.l1_target(batch)
+    def compute_losses(self, batch: dict, current_iter: int):
+        """Forward and every loss for one (micro-)batch: ``(total_loss, loss_dict, output)``."""
+        output, ipr_pair = self.forward_train(batch, current_iter)
+        loss_dict = OrderedDict()
         l_total = 0
-        if self.cri_pix:
-            loss_dict["l_pix"] = self.cri_pix(output, gt)
-            l_total = l_total + loss_dict["l_pix"]
-        if self.cri_perceptual:
-            l_total = self.add_perceptual_loss(l_total, output, self.gt_or_usm(batch, "percep_gt_usm"), loss_dict)
-        return l_total + self.diffloss_terms(output, gt, loss_dict)
-
-    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
-        finite = torch.isfinite(loss.detach()).all().float().reshape(1)
-        if self.opt["dist"]:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
-        return bool(finite.item())
+        if output is not None:
+            gt = self.l1_target(batch)
+            if self.cri_pix:
+                mask = batch.get("mask")  # inpainting: MaskedL1Loss weighs known and missing pixels
+                loss_dict["l_pix"] = self.cri_pix(output, gt) if mask is None else self.cri_pix(output, gt, mask)
+                l_total = l_total + loss_dict["l_pix"]
+            if self.cri_perceptual:
+                l_percep, l_style = self.cri_perceptual(output, self.gt_or_usm(batch, "percep_gt_usm"))
+                for name, value in (("l_percep", l_percep), ("l_style", l_style)):
+                    if value is not None:
+                        loss_dict[name] = value
+                        l_total = l_total + value
+            if self.cri_resnet_pl:
+                loss_dict["l_g_resnet_pl"] = self.cri_resnet_pl(output, gt)
+                l_total = l_total + loss_dict["l_g_resnet_pl"]
+            if self.cri_diffloss is not None:
+                terms = self.cri_diffloss.terms(output, gt)
+                loss_dict.update(terms)
+                l_total = l_total + terms["l_nat"] + terms["l_sem"]
+            if self.adversarial is not None:
+                l_total = l_total + self.adversarial.generator_loss(output, batch, loss_dict)
+        if ipr_pair is not None:
+            loss_dict["l_kd"], loss_dict["l_ipr"] = self.cri_kd(*ipr_pair)
+            l_total = l_total + loss_dict["l_ipr"]
+        return l_total, loss_dict, output
 
     def generator_step(self, current_iter: int) -> bool:
-        """Forward, backward and optimiser step over the micro-batches; False if the step was skipped."""
+        """Forward, losses, backward over the micro-batches, then one optimiser step; False if skipped."""
         optimizer = self.optimizer_for(current_iter)
         optimizer.zero_grad(set_to_none=True)
         micro_batches = self._micro_batches()
@@ -235,6 +335,45 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         self.loss_dict = loss_sums
         return True
 
+    def generator_output(self, current_iter):
+        """The generator's training forward over the micro-batches, without gradients (discriminator-only
+        iterations). Its losses are computed and dropped: such iterations are few (none in the official
+        recipes, which set net_d_iters 1 and net_d_init_iters 0)."""
+        with torch.no_grad(), self.autocast():
+            outputs = [self.compute_losses(batch, current_iter)[2] for batch in self._micro_batches()]
+        return torch.cat(outputs) if outputs[0] is not None else None
+
+    def autocast(self):
+        """bf16 autocast when ``train.amp`` asks for it, else a context that does nothing."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
+
+    def optimizer_for(self, current_iter: int):
+        return self.optimizer_g
+
+    def full_batch(self) -> dict:
+        """The fed batch's tensors (those of ``batch_keys`` it has)."""
+        return {k: getattr(self, k) for k in self.batch_keys if hasattr(self, k)}
+
+    def _micro_batches(self):
+        tensors = self.full_batch()
+        batch_size = next(iter(tensors.values())).shape[0]
+        chunks = {k: v.chunk(min(self.grad_accum_steps, batch_size)) for k, v in tensors.items()}
+        return [dict(zip(chunks, parts)) for parts in zip(*chunks.values())]
+
+    def gt_or_usm(self, batch: dict, option: str):
+        """The batch's USM-sharpened GT when ``option`` is on and the batch has one (real-world SR V2), else its GT."""
+        return batch["gt_usm"] if self.opt.get(option) and "gt_usm" in batch else batch["gt"]
+
+    def l1_target(self, batch: dict):
+        """The GT the pixel loss (and CPEN_S1) see."""
+        return self.gt_or_usm(batch, "l1_gt_usm")
+
+    def _all_ranks_finite(self, loss: torch.Tensor) -> bool:
+        finite = torch.isfinite(loss.detach()).all().float().reshape(1)
+        if self.opt["dist"]:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+        return bool(finite.item())
+
     def _skip_nonfinite(self, current_iter, loss_dict, optimizer) -> bool:
         optimizer.zero_grad(set_to_none=True)
         self.nonfinite_in_a_row += 1
@@ -249,16 +388,6 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
                                      f"train.grad_clip, or check the data, then resume from that state.")
         self.loss_dict = OrderedDict()
         return False
-
-    def optimize_parameters(self, current_iter):
-        stepped = self.generator_step(current_iter)
-        self.finish_iteration(stepped, self.loss_dict)
-
-    def finish_iteration(self, stepped: bool, log: dict) -> None:
-        """Update the EMA after a generator step and keep the iteration's log, averaged over ranks."""
-        if stepped and self.ema_decay > 0:
-            self.model_ema(decay=self.ema_decay)
-        self.log_dict = self.reduce_loss_dict(log) if log else OrderedDict()
 
     # ------------------------------------------------------------------ validation
     def size_multiple(self) -> int:
@@ -287,7 +416,14 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         nets = {"net_g": self.net_g}
         if hasattr(self, "net_g_ema"):
             nets["net_g_ema"] = self.net_g_ema
+        if getattr(self, "adversarial", None) is not None:
+            nets["net_d"] = self.adversarial.net_d
         return nets
+
+    def save(self, epoch, current_iter):
+        super().save(epoch, current_iter)  # net_g_<iter>.pth (params, params_ema) and the training state
+        if getattr(self, "adversarial", None) is not None:
+            self.save_network(self.adversarial.net_d, "net_d", current_iter)
 
     @master_only
     def save_network(self, net, net_label, current_iter, param_key="params"):

@@ -1,7 +1,8 @@
 """DiffIR inpainting training: stage one and stage two with LaMa's losses, in the basicsr workflow.
 
 The official inpainting code trains inside LaMa's Lightning trainer; these models reproduce it on top
-of the generic DiffIR models (:class:`DiffIRS1Model`, :class:`DiffIRS2Model`):
+of the generic DiffIR models (:class:`DiffIRS1Model`, :class:`DiffIRS2Model`), whose training step they
+keep; what inpainting changes is in :class:`InpaintingMixin`:
 
 * input ``cat(image * (1 - mask), mask)`` from :class:`InpaintingDataset`, output composited as
   ``mask * prediction + (1 - mask) * image`` for validation and saving (known pixels are kept exactly);
@@ -10,8 +11,8 @@ of the generic DiffIR models (:class:`DiffIRS1Model`, :class:`DiffIRS2Model`):
   (``feature_matching_opt``) + optional ResNetPL (``resnet_pl_opt``) [+ stage two's IPR loss ``kd_opt``];
   the losses and the discriminator see the raw prediction, as in the official code;
 * the discriminator (``network_d``: NLayerDiscriminator) is updated after every generator step with
-  its own optimiser (``optim_d``), on the same prediction (LaMa re-runs the updated generator for
-  that step; we reuse the prediction, saving a forward pass);
+  its own optimiser (``optim_d``), on the same prediction
+  (:class:`~diffir.models.adversarial.InpaintingAdversarialTraining`);
 * no EMA unless ``ema_decay`` is set (LaMa's generator averaging is off by default);
 * optional FID in validation: ``val.fid: {weights_path: ...}`` next to ``val.metrics``.
 
@@ -23,67 +24,33 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import torch
-from basicsr.losses import build_loss
 from basicsr.utils import get_root_logger
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from ..inpainting import composite
-from ..losses.inpainting_loss import MaskedL1Loss, NonSaturatingR1Loss
 from ..metrics.fid import FIDAccumulator, InceptionFeatures, check_weights_path
+from .adversarial import InpaintingAdversarialTraining
 from .diffir_s1_model import DiffIRS1Model
 from .diffir_s2_model import DiffIRS2Model
-from .discriminator import DiscriminatorMixin
 
 
-class InpaintingTrainingMixin(DiscriminatorMixin):
-    """What both inpainting stages add to the generic DiffIR models: masks, GAN losses, compositing, FID."""
+class InpaintingMixin:
+    """What both inpainting stages change in the generic DiffIR models: masked batches (the masked L1
+    loss and the discriminator read the mask), LaMa's adversarial losses, compositing and FID in validation."""
 
     batch_keys = ("lq", "gt", "mask")
-    clip_discriminator_grad = True  # LaMa's gradient_clip_val applies to both optimisers
+    adversarial_training = InpaintingAdversarialTraining
 
-    # ------------------------------------------------------------------ setup
-    def init_training_settings(self):
-        train_opt = self.opt["train"]
-        fid_opt = (self.opt.get("val") or {}).get("fid")
-        if fid_opt and not fid_opt.get("random_weights"):
-            check_weights_path(fid_opt.get("weights_path"))  # fail now, not at the first validation
-        self.build_discriminator()
-        if not isinstance(self.cri_gan, NonSaturatingR1Loss):
-            raise ValueError("train.gan_opt must be NonSaturatingR1Loss (it needs the discriminator and the mask)")
-        optional = {"cri_fm": "feature_matching_opt", "cri_resnet_pl": "resnet_pl_opt"}
-        for attr, key in optional.items():
-            setattr(self, attr, build_loss(dict(train_opt[key])).to(self.device) if train_opt.get(key) else None)
-        super().init_training_settings()
-        if not isinstance(self.cri_pix, MaskedL1Loss):
-            raise ValueError("inpainting models need train.pixel_opt of type MaskedL1Loss (official: "
-                             "weight_known 10, weight_missing 0)")
-
-    # ------------------------------------------------------------------ losses and steps
-    def image_losses(self, output, batch, loss_dict):
-        """LaMa's generator loss on the raw prediction ``output``; returns the total."""
-        gt, mask = batch["gt"], batch["mask"]
-        loss_dict["l_pix"] = self.cri_pix(output, gt, mask)
-        l_total = loss_dict["l_pix"]
-        if self.cri_perceptual:
-            l_total = self.add_perceptual_loss(l_total, output, gt, loss_dict)
-        fake_pred, fake_features = self.net_d(output)
-        loss_dict["l_g_gan"] = self.cri_gan.generator_loss(fake_pred, mask)
-        l_total = l_total + loss_dict["l_g_gan"]
-        if self.cri_fm:
-            with torch.no_grad():
-                _, real_features = self.net_d(gt)
-            loss_dict["l_g_fm"] = self.cri_fm(fake_features, real_features)
-            l_total = l_total + loss_dict["l_g_fm"]
-        if self.cri_resnet_pl:
-            loss_dict["l_g_resnet_pl"] = self.cri_resnet_pl(output, gt)
-            l_total = l_total + loss_dict["l_g_resnet_pl"]
-        return l_total + self.diffloss_terms(output, gt, loss_dict)
-
-    def discriminator_backward(self):
-        l_d, metrics = self.cri_gan.discriminator_loss(self.net_d, self.gt, self.output, self.mask)
-        l_d.backward()
-        return OrderedDict(l_d=l_d.detach(), **metrics)
+    def __init__(self, opt):
+        if opt.get("is_train"):  # fail now, not after building the networks or at the first validation
+            pixel_type = (opt["train"].get("pixel_opt") or {}).get("type")
+            if pixel_type != "MaskedL1Loss":
+                raise ValueError(f"inpainting models need train.pixel_opt of type MaskedL1Loss (official: "
+                                 f"weight_known 10, weight_missing 0), got {pixel_type!r}")
+            fid_opt = (opt.get("val") or {}).get("fid")
+            if fid_opt and not fid_opt.get("random_weights"):
+                check_weights_path(fid_opt.get("weights_path"))
+        super().__init__(opt)
 
     # ------------------------------------------------------------------ validation
     def test(self):
@@ -125,11 +92,12 @@ class InpaintingTrainingMixin(DiscriminatorMixin):
         del self.metric_results["fid"]  # basicsr would average a stale value into the next validation
         accumulator.reset()
 
+
 @MODEL_REGISTRY.register()
-class DiffIRInpaintS1Model(InpaintingTrainingMixin, DiffIRS1Model):
+class DiffIRInpaintS1Model(InpaintingMixin, DiffIRS1Model):
     """Stage one: DiffIRS1 (CPEN_S1 sees the masked input and the ground truth) with LaMa's losses."""
 
 
 @MODEL_REGISTRY.register()
-class DiffIRInpaintS2Model(InpaintingTrainingMixin, DiffIRS2Model):
+class DiffIRInpaintS2Model(InpaintingMixin, DiffIRS2Model):
     """Stage two: DiffIRS2 trained against the frozen stage-one CPEN, with LaMa's losses + the IPR loss."""

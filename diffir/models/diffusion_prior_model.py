@@ -47,16 +47,14 @@ class DiffusionPriorModel(DiffIRBaseModel):
         unknown = set(schedule) - {"num_timesteps", "beta_start", "beta_end"}
         if unknown:
             raise ValueError(f"train.diffusion_opt takes num_timesteps, beta_start, beta_end; got {sorted(unknown)}")
+        train_opt = opt.get("train") or {}
+        if train_opt.get("diffloss_opt"):
+            raise ValueError("train.diffloss_opt makes no sense when training the prior itself; remove it")
+        if opt.get("is_train"):  # the noise-prediction loss is the "pixel" loss of this model
+            train_opt.setdefault("pixel_opt", {"type": "MSELoss", "loss_weight": 1.0, "reduction": "mean"})
         self.diffusion = ForwardDiffusion(**schedule)
         super().__init__(opt)
         self.diffusion.to(self.device)
-
-    def init_training_settings(self):
-        # the noise-prediction loss is the "pixel" loss of this model
-        self.opt["train"].setdefault("pixel_opt", {"type": "MSELoss", "loss_weight": 1.0, "reduction": "mean"})
-        if self.opt["train"].get("diffloss_opt"):
-            raise ValueError("train.diffloss_opt makes no sense when training the prior itself; remove it")
-        super().init_training_settings()
 
     def feed_data(self, data):
         self.gt = data["gt"].to(self.device)
@@ -65,6 +63,7 @@ class DiffusionPriorModel(DiffIRBaseModel):
             raise ValueError(f"prior training images must be in [0, 1], got values in [{low:.4g}, {high:.4g}]")
 
     def compute_losses(self, batch, current_iter):
+        """The DDPM "simple" loss replaces the restoration losses: this model trains a prior, not a restorer."""
         x0 = batch["gt"] * 2 - 1
         t = self.diffusion.sample_timesteps(x0.shape[0], x0.device)
         noise = torch.randn_like(x0)

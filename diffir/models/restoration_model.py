@@ -13,8 +13,6 @@ Adding DiffLoss to e.g. basicsr's SwinIR is a YAML change::
 """
 from __future__ import annotations
 
-from collections import OrderedDict
-
 from basicsr.utils.registry import MODEL_REGISTRY
 
 from .base import DiffIRBaseModel
@@ -24,11 +22,9 @@ from .base import DiffIRBaseModel
 class RestorationModel(DiffIRBaseModel):
     """net_g(lq) -> restored image; loss = pixel + perceptual + DiffLoss (each optional, one needed)."""
 
-    def compute_losses(self, batch, current_iter):
-        gt = batch["gt"]
+    def forward_train(self, batch, current_iter):
         output = self.net_g(batch["lq"])
-        if output.shape != gt.shape:
+        if output.shape != batch["gt"].shape:
             raise ValueError(f"network_g output {tuple(output.shape)} does not match the GT patch "
-                             f"{tuple(gt.shape)}; check network_g's upscale and the dataset's scale")
-        loss_dict = OrderedDict()
-        return self.image_losses(output, batch, loss_dict), loss_dict, output
+                             f"{tuple(batch['gt'].shape)}; check network_g's upscale and the dataset's scale")
+        return output, None
