@@ -264,12 +264,11 @@ def test_restoration_model_with_a_basicsr_architecture(tmp_path):
     assert model.output.shape == (1, 3, 22, 26)
 
 
-def test_diffir_s1_with_diffloss_logs_the_terms_to_tensorboard(tmp_path):
+def test_diffir_s1_with_diffloss_logs_the_terms_to_tensorboard(tmp_path, tiny_diffir):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from torch.utils.tensorboard import SummaryWriter
 
-    network_g = {"type": "DiffIRS1", "n_encoder_res": 1, "inp_channels": 3, "out_channels": 3, "scale": 4, "dim": 8,
-                 "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 1, 2, 2],
+    network_g = {"type": "DiffIRS1", **tiny_diffir, "inp_channels": 3, "out_channels": 3, "scale": 4,
                  "ffn_expansion_factor": 2.0, "bias": False, "LayerNorm_type": "BiasFree"}
     train = {"pixel_opt": {"type": "L1Loss", "loss_weight": 1.0}, "diffloss_opt": dict(RANDOM_PRIOR)}
     opt = training_opt(tmp_path, "DiffIRS1Model", network_g, train, scale=4)

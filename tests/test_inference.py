@@ -146,6 +146,7 @@ def test_restorer_matches_the_network_forward():
 
 
 
+@pytest.mark.slow
 def test_compiled_restorer_matches_eager():
     """compile=True: inductor on the CPU, the suite's one real compilation (about 20 s)."""
     lq = torch.from_numpy(photo(16, 24)).permute(2, 0, 1)[None].float() / 255

@@ -22,7 +22,6 @@ from diffir.options import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = REPO / "options" / "demo"
-TINY_NET = dict(n_encoder_res=1, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2])
 
 
 @pytest.fixture()
@@ -47,12 +46,21 @@ def basicsr_log(caplog):
     logger.removeHandler(caplog.handler)
 
 
-def write_options(workdir, stage, top_level=None, **train_overrides):
+@pytest.fixture()
+def stage_options(workdir, tiny_diffir):
+    """``stage_options(stage, top_level=None, **train_overrides)``: the demo option file of a stage,
+    shrunk to tiny networks and a few iterations, written into the run folder; returns (path, options)."""
+    def write(stage, top_level=None, **train_overrides):
+        return write_options(workdir, tiny_diffir, stage, top_level, **train_overrides)
+    return write
+
+
+def write_options(workdir, tiny_net, stage, top_level=None, **train_overrides):
     opt = load_yaml(str(DEMO / f"train_demo_DiffIRS{stage}_x4.yml"))
     opt.update(top_level or {})
     for key in ("network_g", "network_S1"):
         if key in opt:
-            opt[key].update(TINY_NET)
+            opt[key].update(tiny_net)
     opt["datasets"]["train"].update(gt_size=32, batch_size_per_gpu=4, num_worker_per_gpu=0, dataset_enlarge_ratio=10)
     opt["train"].update(total_iter=6, **train_overrides)
     opt["val"]["val_freq"] = 1000
@@ -81,8 +89,8 @@ def fixed_batch(scale=4, size=16):
     return {"lq": torch.nn.functional.avg_pool2d(gt, scale), "gt": gt}
 
 
-def test_stage_one_loss_falls(workdir):
-    opt_path, _ = write_options(workdir, 1)
+def test_stage_one_loss_falls(stage_options):
+    opt_path, _ = stage_options(1)
     model = model_from(opt_path)
     batch = fixed_batch()
     losses = []
@@ -93,15 +101,15 @@ def test_stage_one_loss_falls(workdir):
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5, losses
 
 
-def test_pipeline_stage_one_then_two_then_test(workdir, basicsr_log):
-    s1_opt, _ = write_options(workdir, 1)
+def test_pipeline_stage_one_then_two_then_test(workdir, tiny_diffir, stage_options, basicsr_log):
+    s1_opt, _ = stage_options(1)
     exp1 = run_train(["-opt", str(s1_opt)])
     s1_ckpt = exp1 / "models" / "net_g_latest.pth"
     saved = torch.load(s1_ckpt, weights_only=True)
     assert set(saved) == {"params", "params_ema"}
     assert all(k.startswith(("G.", "E.")) for k in saved["params"])
 
-    s2_opt, opt = write_options(workdir, 2, encoder_iter=4)
+    s2_opt, opt = stage_options(2, encoder_iter=4)
     opt["path"].update(pretrain_network_g=str(s1_ckpt), pretrain_network_S1=str(s1_ckpt))
     s2_opt.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
     model = model_from(s2_opt)
@@ -136,7 +144,7 @@ def test_pipeline_stage_one_then_two_then_test(workdir, basicsr_log):
     assert all(k.startswith(("G.", "condition.", "denoise.", "diffusion.")) for k in torch.load(s2_ckpt)["params"])
 
     test_opt = load_yaml(str(DEMO / "test_demo_DiffIRS2_x4.yml"))
-    test_opt["network_g"].update(TINY_NET)
+    test_opt["network_g"].update(tiny_diffir)
     test_opt["path"]["pretrain_network_g"] = str(s2_ckpt)
     test_opt["datasets"]["test_2"] = {"name": "LQOnly", "type": "SingleImageDataset", "dataroot_lq": "lq_only",
                                       "io_backend": {"type": "disk"}}
@@ -152,8 +160,8 @@ def test_pipeline_stage_one_then_two_then_test(workdir, basicsr_log):
     assert "LQOnly: no ground truth, saving outputs only" in log
 
 
-def test_resume_continues_at_the_same_iteration(workdir, basicsr_log):
-    opt_path, _ = write_options(workdir, 1)
+def test_resume_continues_at_the_same_iteration(stage_options, basicsr_log):
+    opt_path, _ = stage_options(1)
     exp = run_train(["-opt", str(opt_path), "--force_yml", "train:total_iter=4"])
     state = torch.load(exp / "training_states" / "4.state", weights_only=False)
     assert state["iter"] == 4 and set(state["networks"]) == {"net_g", "net_g_ema"}
@@ -175,13 +183,13 @@ def test_resume_continues_at_the_same_iteration(workdir, basicsr_log):
     assert not list(exp.parent.glob("*archived*"))
 
 
-def test_resume_mid_epoch_draws_the_uninterrupted_runs_samples(workdir, monkeypatch):
+def test_resume_mid_epoch_draws_the_uninterrupted_runs_samples(workdir, stage_options, monkeypatch):
     from diffir.data.hr_bicubic_dataset import HRBicubicDataset
     (workdir / "ten").mkdir()
     for i in range(5):  # 10 images in batches of 2: 5 iterations per epoch
         for name in ("fig_bowl", "forest_stream"):
             shutil.copy(workdir / "demo_data" / "train" / f"{name}.png", workdir / "ten" / f"{name}{i}.png")
-    opt_path, opt = write_options(workdir, 1)
+    opt_path, opt = stage_options(1)
     opt["datasets"]["train"].update(dataroot_gt="ten", dataset_enlarge_ratio=1, batch_size_per_gpu=2)
     del opt["datasets"]["val"], opt["val"]
     opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
@@ -217,8 +225,8 @@ def test_resumable_sampler_skips_the_start_of_each_ranks_share():
         assert len(list(sampler)) == len(sampler) == len(share)
 
 
-def test_non_finite_loss_is_skipped_then_stops(workdir, monkeypatch):
-    opt_path, _ = write_options(workdir, 1, max_nonfinite_steps=3)
+def test_non_finite_loss_is_skipped_then_stops(stage_options, monkeypatch):
+    opt_path, _ = stage_options(1, max_nonfinite_steps=3)
     model = model_from(opt_path)
     model.feed_data(fixed_batch())
     before = model.net_g.G.patch_embed.proj.weight.clone()
@@ -236,11 +244,11 @@ def test_non_finite_loss_is_skipped_then_stops(workdir, monkeypatch):
         model.optimize_parameters(3)
 
 
-def test_gradient_accumulation_matches_full_batch(workdir):
+def test_gradient_accumulation_matches_full_batch(stage_options):
     torch.manual_seed(0)
-    opt_path, _ = write_options(workdir, 1)
+    opt_path, _ = stage_options(1)
     full = model_from(opt_path)
-    opt_path_acc, _ = write_options(workdir, 1, grad_accum_steps=2)
+    opt_path_acc, _ = stage_options(1, grad_accum_steps=2)
     accumulated = model_from(opt_path_acc)
     accumulated.net_g.load_state_dict(full.net_g.state_dict())
     batch = fixed_batch()
@@ -251,12 +259,12 @@ def test_gradient_accumulation_matches_full_batch(workdir):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
 
 
-def test_compile_option_trains_like_eager_and_keeps_checkpoint_keys(workdir):
+def test_compile_option_trains_like_eager_and_keeps_checkpoint_keys(stage_options):
     """Top-level ``compile``: the network's DIRformer is compiled in place (aot_eager here: the same
     kernels as eager, so the step must match), and the saved keys are the eager network's."""
     torch.manual_seed(0)
-    eager = model_from(write_options(workdir, 1)[0])
-    compiled = model_from(write_options(workdir, 1, top_level={"compile": {"backend": "aot_eager"}})[0])
+    eager = model_from(stage_options(1)[0])
+    compiled = model_from(stage_options(1, top_level={"compile": {"backend": "aot_eager"}})[0])
     compiled.net_g.load_state_dict(eager.net_g.state_dict())
     assert compiled.net_g.G._compiled_call_impl is not None and eager.net_g.G._compiled_call_impl is None
     batch = fixed_batch()
@@ -267,18 +275,18 @@ def test_compile_option_trains_like_eager_and_keeps_checkpoint_keys(workdir):
     for a, b in zip(eager.net_g.parameters(), compiled.net_g.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match=r"compile\.mode: expected one of"):
-        model_from(write_options(workdir, 1, top_level={"compile": {"mode": "fastest"}})[0])
+        model_from(stage_options(1, top_level={"compile": {"mode": "fastest"}})[0])
 
 
-def test_too_few_images_for_one_batch_is_an_error(workdir):
-    opt_path, _ = write_options(workdir, 1)
+def test_too_few_images_for_one_batch_is_an_error(stage_options):
+    opt_path, _ = stage_options(1)
     with pytest.raises(ValueError, match="do not fill one batch"):
         run_train(["-opt", str(opt_path), "--force_yml", "datasets:train:dataset_enlarge_ratio=1",
                    "datasets:train:batch_size_per_gpu=8"])
 
 
-def test_missing_dataroot_is_reported_before_training(workdir):
-    opt_path, opt = write_options(workdir, 1)
+def test_missing_dataroot_is_reported_before_training(workdir, stage_options):
+    opt_path, opt = stage_options(1)
     opt["datasets"]["train"]["dataroot_gt"] = "no/such/folder"
     opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
     with pytest.raises(ValueError, match="no/such/folder"):
@@ -298,8 +306,9 @@ def torchrun_two_processes(script, opt_path, *extra, cwd):
     return done.stderr
 
 
-def test_two_process_cpu_ddp_train_then_test(workdir):
-    opt_path, opt = write_options(workdir, 1)
+@pytest.mark.slow
+def test_two_process_cpu_ddp_train_then_test(workdir, stage_options):
+    opt_path, opt = stage_options(1)
     torchrun_two_processes("train.py", opt_path, "--force_yml", "train:total_iter=3", cwd=workdir)
     ckpt = workdir / "experiments" / "demo_DiffIRS1_x4" / "models" / "net_g_latest.pth"
     assert ckpt.is_file()
@@ -313,11 +322,11 @@ def test_two_process_cpu_ddp_train_then_test(workdir):
     assert re.search(r"# psnr: \d+\.\d+", log), log[-3000:]
 
 
-def gan_stage_two_model(workdir, **train_overrides):
+def gan_stage_two_model(stage_options, **train_overrides):
     """A DiffIRGANS2Model on a briefly trained stage one."""
-    s1_opt, _ = write_options(workdir, 1)
+    s1_opt, _ = stage_options(1)
     s1_ckpt = run_train(["-opt", str(s1_opt), "--force_yml", "train:total_iter=2"]) / "models" / "net_g_latest.pth"
-    s2_opt, opt = write_options(workdir, 2)
+    s2_opt, opt = stage_options(2)
     opt["model_type"] = "DiffIRGANS2Model"
     opt["path"].update(pretrain_network_g=str(s1_ckpt), pretrain_network_S1=str(s1_ckpt))
     opt["network_d"] = {"type": "UNetDiscriminatorSN", "num_in_ch": 3, "num_feat": 8, "skip_connection": True}
@@ -327,8 +336,8 @@ def gan_stage_two_model(workdir, **train_overrides):
     return model_from(s2_opt)
 
 
-def test_gan_stage_two_trains_generator_and_discriminator(workdir):
-    model = gan_stage_two_model(workdir)
+def test_gan_stage_two_trains_generator_and_discriminator(stage_options):
+    model = gan_stage_two_model(stage_options)
     d_before = [p.clone() for p in model.adversarial.net_d.parameters()]
     for it in range(1, 3):
         model.feed_data(fixed_batch())
@@ -339,8 +348,8 @@ def test_gan_stage_two_trains_generator_and_discriminator(workdir):
     assert "net_d" in model.networks_to_save()
 
 
-def test_gan_discriminator_steps_every_iteration_and_alone_before_net_d_init_iters(workdir):
-    model = gan_stage_two_model(workdir, net_d_init_iters=2)
+def test_gan_discriminator_steps_every_iteration_and_alone_before_net_d_init_iters(stage_options):
+    model = gan_stage_two_model(stage_options, net_d_init_iters=2)
     nets = {"g": model.net_g, "g_ema": model.net_g_ema, "d": model.adversarial.net_d}
 
     def step_and_report_changes(it):
@@ -359,34 +368,34 @@ def test_gan_discriminator_steps_every_iteration_and_alone_before_net_d_init_ite
     assert {"l_pix", "l_g_gan", "l_d_real", "l_d_fake"} <= set(model.get_current_log())
 
 
-def test_every_optimiser_gets_the_configured_type_and_the_options_keep_it(workdir):
+def test_every_optimiser_gets_the_configured_type_and_the_options_keep_it(stage_options):
     # basicsr's setup_optimizers pops optim_g.type in place, which made the encoder-phase optimiser Adam
-    model = gan_stage_two_model(workdir, optim_g={"type": "AdamW", "lr": 1e-3, "weight_decay": 0.01})
+    model = gan_stage_two_model(stage_options, optim_g={"type": "AdamW", "lr": 1e-3, "weight_decay": 0.01})
     assert type(model.optimizer_g) is torch.optim.AdamW and type(model.optimizer_e) is torch.optim.AdamW
     assert model.optimizer_e.defaults["weight_decay"] == 0.01
     assert type(model.optimizer_d) is torch.optim.Adam
     assert model.opt["train"]["optim_g"]["type"] == "AdamW" and model.opt["train"]["optim_d"]["type"] == "Adam"
 
 
-def test_perceptual_loss_without_vgg_weights_names_the_file(workdir, monkeypatch):
+def test_perceptual_loss_without_vgg_weights_names_the_file(workdir, stage_options, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(workdir / "empty_hub"))
-    opt_path, opt = write_options(workdir, 1)
+    opt_path, opt = stage_options(1)
     opt["train"]["perceptual_opt"] = {"type": "PerceptualLoss", "layer_weights": {"conv5_4": 1.0}}
     opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
     with pytest.raises(FileNotFoundError, match="vgg19-dcbb9e9d.pth"):
         model_from(opt_path)
 
 
-def test_bf16_autocast_step_runs_on_cpu(workdir):
-    opt_path, _ = write_options(workdir, 1, amp="bf16")
+def test_bf16_autocast_step_runs_on_cpu(stage_options):
+    opt_path, _ = stage_options(1, amp="bf16")
     model = model_from(opt_path)
     model.feed_data(fixed_batch())
     model.optimize_parameters(1)
     assert torch.isfinite(torch.tensor(model.get_current_log()["l_pix"]))
 
 
-def test_official_x4_block_without_scale_builds_sr_from_the_top_level_scale(workdir):
-    opt_path, opt = write_options(workdir, 1)
+def test_official_x4_block_without_scale_builds_sr_from_the_top_level_scale(stage_options):
+    opt_path, opt = stage_options(1)
     opt["network_g"].pop("scale")
     opt_path.write_text(yaml.dump(opt, Dumper=ordered_yaml()[1]))
     model = model_from(opt_path)
@@ -397,7 +406,7 @@ def test_official_x4_block_without_scale_builds_sr_from_the_top_level_scale(work
     assert "scale" not in opt["network_g"]
 
 
-def test_deblur_progressive_schedule_through_the_pipeline(workdir, basicsr_log, monkeypatch):
+def test_deblur_progressive_schedule_through_the_pipeline(workdir, tiny_diffir, basicsr_log, monkeypatch):
     """The official deblurring recipe's progressive patch/batch schedule, shrunk to 4 iterations."""
     for split in ("train", "val"):
         for kind in ("target", "input"):
@@ -408,7 +417,7 @@ def test_deblur_progressive_schedule_through_the_pipeline(workdir, basicsr_log, 
             cv2.imwrite(str(workdir / "gopro" / split / "input" / path.name), cv2.blur(sharp, (9, 1)))
     opt = load_yaml(str(REPO / "options" / "train" / "Deblur" / "train_DiffIRS1.yml"))
     opt["num_gpu"] = 0
-    opt["network_g"].update(TINY_NET)
+    opt["network_g"].update(tiny_diffir)
     train = opt["datasets"]["train"]
     train.update(dataroot_gt="gopro/train/target", dataroot_lq="gopro/train/input", num_worker_per_gpu=0,
                  dataset_enlarge_ratio=10,
