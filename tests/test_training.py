@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 from basicsr.models import build_model
-
-from diffir.models.base import NonFiniteLossError
 from basicsr.utils.options import ordered_yaml
 
+from diffir.data.degradation import REQUIRED_KEYS
+from diffir.models.base import NonFiniteLossError, complete_network_scale
 from diffir.options import load_yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,9 +118,9 @@ def test_pipeline_stage_one_then_two_then_test(workdir, tiny_diffir, stage_optio
     assert not any(p.requires_grad for p in model.net_g_S1.parameters())
     # one line says what came from stage one, instead of basicsr's list of every differing key
     n_dirformer = sum(k.startswith("G.") for k in saved["params"])
-    assert (f"net_g: loaded {n_dirformer} DIRformer (G.*) tensors from {s1_ckpt} ('params_ema'); CPEN_S2 (condition.*), "
-            f"denoiser (denoise.*), noise schedule (diffusion.*) start fresh; not used from the file: CPEN_S1 (E.*)"
-            in basicsr_log.text)
+    assert (f"net_g: loaded {n_dirformer} DIRformer (G.*) tensors from {s1_ckpt} ('params_ema'); "
+            f"CPEN_S2 (condition.*), denoiser (denoise.*), noise schedule (diffusion.*) start fresh; "
+            f"not used from the file: CPEN_S1 (E.*)" in basicsr_log.text)
     assert "Current net" not in basicsr_log.text
 
     batch = fixed_batch()
@@ -223,6 +223,27 @@ def test_resumable_sampler_skips_the_start_of_each_ranks_share():
         assert list(sampler) == share[5:] and len(sampler) == len(share) - 5
         sampler.set_epoch(5)  # later epochs start at their beginning again
         assert len(list(sampler)) == len(sampler) == len(share)
+
+
+def test_synthetic_degradation_degrades_training_batches_only(stage_options):
+    """high_order_degradation: a GT + kernels batch is degraded on the model's device into (lq, gt, gt_usm)
+    and trains; pairs with an LQ image (validation) pass through unchanged; off, the model has no degradation."""
+    assert model_from(stage_options(1)[0]).degradation is None
+    realsr = load_yaml(str(REPO / "options" / "train" / "RealSR" / "train_DiffIRS1_x4.yml"))
+    degradation = {key: realsr[key] for key in REQUIRED_KEYS if key != "scale"}
+    model = model_from(stage_options(1, top_level={**degradation, "high_order_degradation": True, "gt_size": 64,
+                                                   "queue_size": 0, "gt_usm": True})[0])
+    torch.manual_seed(0)
+    gt = torch.nn.functional.interpolate(fixed_batch()["gt"], scale_factor=1.5, mode="bilinear")  # 96 x 96
+    delta = torch.zeros(4, 21, 21)
+    delta[:, 10, 10] = 1
+    model.feed_data({"gt": gt, "kernel1": delta, "kernel2": delta, "sinc_kernel": delta})
+    assert model.lq.shape == (4, 3, 16, 16) and model.gt.shape == model.gt_usm.shape == (4, 3, 64, 64)
+    model.optimize_parameters(1)
+    assert math.isfinite(model.get_current_log()["l_pix"])
+    pairs = fixed_batch()
+    model.feed_data(pairs)
+    assert torch.equal(model.lq, pairs["lq"]) and not hasattr(model, "gt_usm")
 
 
 def test_non_finite_loss_is_skipped_then_stops(stage_options, monkeypatch):
@@ -401,7 +422,6 @@ def test_official_x4_block_without_scale_builds_sr_from_the_top_level_scale(stag
     model = model_from(opt_path)
     assert (model.net_g.task, model.net_g.scale) == ("sr", 4)
     opt["scale"] = 1  # the official deblurring files: top-level scale 1, no network scale
-    from diffir.models.base import complete_network_scale
     complete_network_scale(opt)
     assert "scale" not in opt["network_g"]
 

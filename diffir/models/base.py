@@ -162,18 +162,23 @@ class DiffIRBaseModel(SRModel):
         logs one line saying what came from the file and what starts fresh."""
         bare = self.get_bare_model(net)
         state, source = read_state_dict(load_path, param_key or "params")
-        label = next((name for name in ("net_g", "net_g_ema", "net_g_S1") if getattr(self, name, None) is net), type(bare).__name__)
+        label = next((name for name in ("net_g", "net_g_ema", "net_g_S1") if getattr(self, name, None) is net),
+                     type(bare).__name__)
         logger = get_root_logger()
         if strict:
             try:
                 bare.load_state_dict(state, strict=True)
             except RuntimeError as err:
-                raise CheckpointError(f"{load_path} ({source}) does not fit {label} ({type(bare).__name__}): {err}") from err
+                raise CheckpointError(f"{load_path} ({source}) does not fit {label} ({type(bare).__name__}): "
+                                      f"{err}") from err
             logger.info(f"{label}: loaded {type(bare).__name__} from {load_path} ({source})")
             return
         own = bare.state_dict()
         fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
         resized = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
+        if not fits:
+            raise CheckpointError(f"{load_path} ({source}) has no tensor that fits {label} ({type(bare).__name__}); "
+                                  f"its keys start with {describe_parts(state)}")
         bare.load_state_dict(fits, strict=False)
         fresh = [k for k in own if k not in fits]
         unused = [k for k in state if k not in own]

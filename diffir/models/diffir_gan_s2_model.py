@@ -21,5 +21,6 @@ class DiffIRGANS2Model(DiffIRS2Model):
     def manual_learning_rate(self, current_iter):
         train_opt = self.opt["train"]
         if train_opt.get("lr_sr") is not None and train_opt.get("lr_encoder") is None:
-            return self.optimizer_g, train_opt["lr_sr"] * train_opt["gamma_sr"] ** (current_iter // train_opt["lr_decay_sr"])
+            steps = current_iter // train_opt["lr_decay_sr"]
+            return self.optimizer_g, train_opt["lr_sr"] * train_opt["gamma_sr"] ** steps
         return super().manual_learning_rate(current_iter)
