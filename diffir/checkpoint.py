@@ -41,13 +41,19 @@ def read_state_dict(path: str | Path, param_key: str = "params_ema") -> tuple[di
 
     Files are read with ``torch.load(weights_only=True)``: nothing in them is executed. Lightning
     checkpoints, whose pickled hyper-parameters that refuses, are read with inert placeholders for
-    those objects (:func:`diffir.utils.lama_checkpoint.read_lightning_checkpoint`).
+    those objects (:func:`diffir.utils.lama_checkpoint.read_lightning_checkpoint`). ``.safetensors``
+    files (recognised by content, whatever their name) hold one state dict and no code.
     """
+    from .utils import safetensors_io
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        if safetensors_io.is_safetensors(path):
+            content = safetensors_io.load_state_dict(path)[0]
+        else:
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         from .utils.lama_checkpoint import read_lightning_checkpoint
 
