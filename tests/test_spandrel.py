@@ -60,10 +60,14 @@ def test_install_is_idempotent():
     assert "DiffIR" in MAIN_REGISTRY
 
 
-@pytest.mark.parametrize("name", VARIANTS)
-@pytest.mark.parametrize("layout", ["params", "params_ema", "bare", "module", "lightning"])
+# every variant in the official release layout, and every layout of a checkpoint with one variant each
+CASES = [(name, "params") for name in VARIANTS] + [("sr-x2", "params_ema"), ("deblur", "bare"),
+                                                   ("sr-x1", "module"), ("inpaint", "lightning")]
+
+
+@pytest.mark.parametrize("name,layout", CASES, ids=[f"{n}-{layout}" for n, layout in CASES])
 def test_every_tiny_variant_and_layout_is_detected_and_described(name, layout):
-    options, purpose, scale, multiple = VARIANTS[name]
+    _, purpose, scale, multiple = VARIANTS[name]
     state_dict = tiny_state_dict(name)
     wrapped = {"params": {k: v + 1 for k, v in state_dict.items()}, "params_ema": state_dict} \
         if layout == "params_ema" else {

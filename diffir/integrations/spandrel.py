@@ -30,9 +30,9 @@ from collections.abc import Mapping
 import torch
 from spandrel import (
     MAIN_REGISTRY,
+    Architecture,
     ArchRegistry,
     ArchSupport,
-    Architecture,
     ImageModelDescriptor,
     MaskedImageModelDescriptor,
     ModelTiling,
