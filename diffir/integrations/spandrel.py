@@ -81,7 +81,7 @@ def variant(options: Mapping) -> str:
 
 def _tags(options: Mapping) -> list[str]:
     tags = ["DiffIR", options["type"], variant(options), f"{options['dim']}dim"]
-    official = [name for name, preset in PRESETS.items() if preset == {**options, "type": "DiffIRS2"}]
+    official = [name for name, preset in PRESETS.items() if preset == options]
     return tags + [f"official-{name}" for name in official]
 
 
