@@ -15,7 +15,11 @@ from diffir.archs.diffir_arch import DiffIRS1, DiffIRS2
 from diffir.checkpoint import CheckpointError, infer_network_options, read_state_dict
 from diffir.convert import main as convert_main
 from diffir.options import load_yaml
-from diffir.utils.safetensors_io import load_state_dict, recorded_network_options, save_state_dict
+from diffir.utils.safetensors_io import (
+    load_state_dict,
+    recorded_network_options,
+    save_state_dict,
+)
 from diffir.zoo import ZOO, resolve, sha256_file
 
 REPO = Path(__file__).resolve().parents[1]
