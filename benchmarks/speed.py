@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--image", help="a photo for the PSNR check (x4 SR of a centre crop)")
     parser.add_argument("--photo-size", type=int, default=512, help="side of the photo's centre crop (HR)")
     parser.add_argument("--weights", help="a trained x4 SR DiffIRS2 checkpoint for the PSNR check (configuration "
-                                          "inferred from it, e.g. pretrained/demo_DiffIRS2_x4.pth)")
+                                          "inferred from it, e.g. pretrained/demo_DiffIRS2_x4.safetensors)")
     args = parser.parse_args(argv)
 
     if args.device == "cuda" and not torch.cuda.is_available():

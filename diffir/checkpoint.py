@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from .utils import safetensors_io
+
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read or does not describe a DiffIR network."""
@@ -30,13 +32,17 @@ def read_state_dict(path: str | Path, param_key: str = "params_ema") -> tuple[di
 
     Files are read with ``torch.load(weights_only=True)``: nothing in them is executed. Lightning
     checkpoints, whose pickled hyper-parameters that refuses, are read with inert placeholders for
-    those objects (:func:`read_lightning_checkpoint`).
+    those objects (:func:`read_lightning_checkpoint`). ``.safetensors``
+    files (recognised by content, whatever their name) hold one state dict and no code.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
-        content = torch.load(path, map_location="cpu", weights_only=True)
+        if safetensors_io.is_safetensors(path):
+            content = safetensors_io.load_state_dict(path)[0]
+        else:
+            content = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         try:
             content = read_lightning_checkpoint(path)

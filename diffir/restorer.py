@@ -45,6 +45,7 @@ from .image_io import hole_mask, merge_image, split_image
 from .inpainting import composite, prepare_inpainting_input
 from .utils.compile import compile_network
 from .utils.padding import crop_to, pad_to_multiple
+from .utils.safetensors_io import recorded_network_options
 from .zoo import find_model, network_options
 
 PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -166,7 +167,8 @@ class Restorer:
         """Load a checkpoint (file or zoo name) and build a Restorer; ``kwargs`` go to the constructor.
 
         ``options``: network options as a dict, an option YAML with ``network_g``, or a preset name;
-        by default the zoo entry's configuration, else inferred from the weights. ``model2`` and
+        by default the zoo entry's configuration, else those recorded in a diffir ``.safetensors``
+        file, else inferred from the weights. ``model2`` and
         ``blend``: interpolate the weights, ``(1 - blend) * model + blend * model2``.
         """
         path, entry = find_model(model)
@@ -174,6 +176,8 @@ class Restorer:
             options = entry.network
         elif options is not None and not isinstance(options, Mapping):
             options = network_options(options)
+        if options is None:
+            options = recorded_network_options(path)
         state_dict, source = read_state_dict(path, param_key)
         origin = f"{path} ({source})"
         if model2 is not None:

@@ -77,11 +77,13 @@ def _entries() -> list[ZooEntry]:
     assumed = "file name assumed (the release does not state it): rename the download to this name"
     s1 = "stage one (needs the ground truth): for training stage two, not for inference"
     return [
-        ZooEntry("demo-sr-x4", "sr", 4, "demo_DiffIRS2_x4.pth",
-                 "the demo recipe: bash scripts/demo.sh, then keep params_ema of "
-                 "experiments/demo_DiffIRS2_x4/models/net_g_latest.pth (it ships in the repository's pretrained/)",
+        ZooEntry("demo-sr-x4", "sr", 4, "demo_DiffIRS2_x4.safetensors",
+                 "the demo recipe: bash scripts/demo.sh, then diffir-convert "
+                 "experiments/demo_DiffIRS2_x4/models/net_g_latest.pth demo_DiffIRS2_x4.safetensors "
+                 "(it ships in the repository's pretrained/)",
                  None, "options/demo/train_demo_DiffIRS2_x4.yml",
-                 sha256="1ea21012018218e096bf087c64865e5e356a0e634e8270bee1731fe8cf26e7cd",
+                 # converted from the .pth with SHA-256 1ea21012...cf26e7cd (recorded in the file's metadata)
+                 sha256="f33022dd33b23572a6306c7039bb164e95d154417777b3a18f8c6d470a579b4b",
                  note="DEMO model: tiny, trained briefly on the bundled photos; not the paper's quality"),
         ZooEntry("sisr-gan-x4", "sr", 4, "sisr/SISR-DiffIRS2-GAN.pth", _SISR_URL, PRESETS["sr-x4"],
                  "options/test/SR/test_DiffIRS2_GAN_x4.yml", srgan + "test_DiffIRS2_GAN_x4.yml",

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_demo_model_beats_bicubic_on_held_out_photos():
-    restorer = Restorer.from_pretrained(str(REPO / "pretrained" / "demo_DiffIRS2_x4.pth"), device="cpu")
+    restorer = Restorer.from_pretrained(str(REPO / "pretrained" / "demo_DiffIRS2_x4.safetensors"), device="cpu")
     gains = []
     for path in sorted((REPO / "demo_data" / "val").glob("*.png")):
         gt = cv2.imread(str(path))[..., ::-1]  # RGB uint8

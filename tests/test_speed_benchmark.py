@@ -32,7 +32,7 @@ def run(speed, capsys, *args) -> str:
 
 def test_fast_path_report(speed, capsys):
     out = run(speed, capsys, "--image", str(REPO / "demo_data" / "val" / "dandelion_field.png"), "--photo-size", "64",
-              "--weights", str(REPO / "pretrained" / "demo_DiffIRS2_x4.pth"))
+              "--weights", str(REPO / "pretrained" / "demo_DiffIRS2_x4.safetensors"))
     for case in ("infer sr-x4 64x64", "infer sr-x4 128x128", "infer deblur 256x256", "train S1", "train S2"):
         assert case in out
     assert re.search(r"CPEN_S2 \+ 4 denoiser steps [\d.]+ ms = [\d.]+% of inference", out)

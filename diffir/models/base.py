@@ -52,6 +52,7 @@ from ..data.degradation import RealESRGANDegradation
 from ..utils.atomic import atomic_torch_save
 from ..utils.compile import compile_network
 from ..utils.padding import crop_to, pad_to_multiple
+from ..utils.safetensors_io import save_network_weights
 from .lr_scheduler import CosineAnnealingRestartCyclicLR
 
 # what the top-level state-dict prefixes of the DiffIR networks are, for the partial-load log line
@@ -437,7 +438,10 @@ class DiffIRBaseModel(SRModel):
         save_dict = {key: {k: v.cpu() for k, v in self.get_bare_model(n).state_dict().items()}
                      for n, key in zip(nets, keys)}
         name = "latest" if current_iter == -1 else current_iter
-        atomic_torch_save(save_dict, os.path.join(self.opt["path"]["models"], f"{net_label}_{name}.pth"))
+        # logger.save_format: 'pth' (basicsr's, default) or 'safetensors' (with the network options)
+        save_network_weights(save_dict, os.path.join(self.opt["path"]["models"], f"{net_label}_{name}"),
+                             (self.opt.get("logger") or {}).get("save_format", "pth"),
+                             self.opt.get(net_label.replace("net_", "network_", 1)))
 
     @master_only
     def save_training_state(self, epoch, current_iter):
