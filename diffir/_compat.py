@@ -21,9 +21,8 @@ class _LegacyAliasFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         if fullname != _LEGACY:
             return None
         for finder in sys.meta_path:  # torchvision's own module, when it still has it, comes first
-            if finder is not self and getattr(finder, "find_spec", None):
-                if finder.find_spec(fullname, path, target) is not None:
-                    return None
+            if finder is not self and getattr(finder, "find_spec", None) and finder.find_spec(fullname, path, target):
+                return None
         return importlib.machinery.ModuleSpec(fullname, self)
 
     def create_module(self, spec):

@@ -5,7 +5,9 @@ be read, has no mask, or fails to restore is reported by name and skipped. Outpu
 are kept and reported as skipped, so a folder job that was stopped continues where it stopped
 (``--overwrite`` replaces them). Under ``torchrun`` the sorted file list is split round-robin over
 the processes (``RANK`` / ``WORLD_SIZE``): each image is restored once, by one process, with the same
-seed as in a single-process run. The exit status is 0 when every image was restored (or skipped),
+seed as in a single-process run (on the CPU the outputs are byte-identical to a one-process run with as many
+threads as each process gets, e.g. ``OMP_NUM_THREADS=1``; other thread counts sum in another order,
+which can move a few pixels by one level). The exit status is 0 when every image was restored (or skipped),
 1 when any failed, 2 for a bad command line or a model that cannot load.
 
 Only the argument parser is built at import; torch, OpenCV and the networks load after parsing, so
@@ -136,7 +138,7 @@ class ProcessShare:
     local_world_size: int = 1
 
     @classmethod
-    def from_environment(cls) -> "ProcessShare":
+    def from_environment(cls) -> ProcessShare:
         # torchrun's variables; no process group is needed, the split is a pure function of them
         env = os.environ
         return cls(int(env.get("RANK", 0)), int(env.get("WORLD_SIZE", 1)), int(env.get("LOCAL_RANK", 0)),
@@ -179,15 +181,17 @@ def demo_advice(demo: ZooEntry) -> str:
                 and entry is not demo and (entry.network or {}).get("type") == "DiffIRS2"][:1]
     real = DEFAULT_MODELS.get(("realsr", demo.scale))
     official += [ZOO[real]] if real else []
-    lines = [f"NOTE: {demo.name} is the bundled DEMO model ({demo.note.split(': ', 1)[-1]}); expect soft, "
-             "demo-quality results. For real results use an official model:"]
+    what = demo.note.split(": ", 1)[-1]
+    lines = [(f"NOTE: {demo.name} is the bundled DEMO model ({what}); expect soft, demo-quality results. "
+              "For real results use an official model:")]
     for entry in official:
         saved = pretrained_dirs()[-1] / entry.file
+        converted = saved.with_suffix(".safetensors")
         lines += [f"  -m {entry.name}  ({entry.note})",
-                  f"     download {Path(entry.file).name} from {entry.url}", f"     save it as {saved}",
-                  f"     or convert it to safetensors: diffir-convert {saved} {saved.with_suffix('.safetensors')}"
-                  f" and pass -m {saved.with_suffix('.safetensors')}"]
-    lines.append("  every zoo model and its file: see the end of --help")
+                  f"     download {Path(entry.file).name} from {entry.url}",
+                  f"     save it as {saved}",
+                  f"     or convert it to safetensors: diffir-convert {saved} {converted} and pass -m {converted}"]
+    lines.append("  every zoo model: see the end of --help")
     return "\n".join(lines)
 
 

@@ -20,12 +20,13 @@ import torch
 from PIL import Image
 
 from diffir import DiffIRS2, Restorer
-from diffir.cli import clean_message, export_main, main as inference_main
+from diffir.cli import clean_message, export_main
+from diffir.cli import main as inference_main
 from diffir.image_io import ImageReadError, read_image, write_image
 from diffir.zoo import ZOO
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = dict(n_encoder_res=1, dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 1, 1])
+TINY = {"n_encoder_res": 1, "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1, "heads": [1, 1, 1, 1]}
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": str(REPO)}
 
 
@@ -71,8 +72,8 @@ COMMANDS = [("inference.py", str(REPO / "inference.py")), ("diffir-restore", "di
 @pytest.mark.parametrize("command, target", COMMANDS)
 def test_help_version_and_argument_errors_answer_without_importing_torch(command, target):
     for args, code in ((["--help"], 0), (["--version"], 0), (["--no-such-option"], 2)):
-        run = subprocess.run([sys.executable, "-c", RUNNER, command, target, *args], capture_output=True, text=True,
-                             cwd=REPO, env=ENV, timeout=120)
+        run = subprocess.run([sys.executable, "-c", RUNNER, command, target, *args], check=False,
+                             capture_output=True, text=True, cwd=REPO, env=ENV, timeout=120)
         assert run.returncode == code, run.stderr
         assert run.stderr.rstrip().endswith("NO TORCH"), (args, run.stderr)
         if args == ["--help"]:
@@ -80,7 +81,7 @@ def test_help_version_and_argument_errors_answer_without_importing_torch(command
         if args == ["--version"]:
             assert "0." in run.stdout + run.stderr
     run = subprocess.run([sys.executable, "-c", "import sys, diffir; print('torch' in sys.modules)"],
-                         capture_output=True, text=True, cwd=REPO, env=ENV, timeout=60)
+                         check=False, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=60)
     assert run.stdout.strip() == "False"  # import diffir itself is cheap too
 
 
@@ -222,7 +223,7 @@ def test_torchrun_splits_a_folder_and_matches_one_process_byte_for_byte(tmp_path
         port = probe.getsockname()[1]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}",
                 str(REPO / "inference.py"), *args, "-o", str(tmp_path / "two")]
-    run = subprocess.run(torchrun, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
+    run = subprocess.run(torchrun, check=False, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
     assert "[process 1/2] 3 of the 5 files" in run.stderr and "[process 2/2] 2 of the 5 files" in run.stderr
     one, two = sorted((tmp_path / "one").iterdir()), sorted((tmp_path / "two").iterdir())

@@ -10,7 +10,7 @@ _SOURCES = {"LPIPSMetric": "metrics", "MissingWeightsError": "metrics", "PAPER_S
             "find_paper_set": "paper", "Benchmark": "suite", "BenchmarkSet": "suite", "SetResult": "suite",
             "list_samples": "suite", "stochasticity": "suite", "write_summary": "suite"}
 
-__all__ = sorted(_SOURCES)
+__all__ = list(_SOURCES)
 
 
 def __getattr__(name: str):
