@@ -2,8 +2,9 @@
 
     python test.py -opt options/test/SR/test_DiffIRS2_x4.yml
 """
-import diffir  # noqa: F401  (registers archs/models/losses/datasets; must precede basicsr imports)
+import diffir  # installs the torchvision alias basicsr needs: must precede basicsr imports
 from diffir.test_pipeline import test_pipeline
 
 if __name__ == "__main__":
+    diffir.register()  # archs/models/losses/datasets into basicsr's registries
     test_pipeline()

@@ -4,8 +4,9 @@
     torchrun --nproc_per_node=2 train.py -opt X.yml --launcher pytorch   # DDP (NCCL on GPUs, gloo on CPU)
     python train.py -opt X.yml --auto_resume                             # continue from the newest state
 """
-import diffir  # noqa: F401  (registers archs/models/losses/datasets; must precede basicsr imports)
+import diffir  # installs the torchvision alias basicsr needs: must precede basicsr imports
 from diffir.train_pipeline import train_pipeline
 
 if __name__ == "__main__":
+    diffir.register()  # archs/models/losses/datasets into basicsr's registries
     train_pipeline()

@@ -21,7 +21,9 @@ import numpy as np
 
 from .utils.atomic import atomic_write_bytes
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
+# formats that can hold several frames (multi-page TIFF, animated GIF / WebP): decoded frame by frame
+MULTI_FRAME_EXTENSIONS = (".gif", ".tif", ".tiff", ".webp")
 _MAX_VALUE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}
 
 
@@ -42,8 +44,11 @@ def list_image_files(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
 
 
-def read_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to an RGB(A) or grayscale array in its own dtype (uint8 or uint16)."""
+def read_frames(path: str | os.PathLike) -> list[np.ndarray]:
+    """Every frame of an image file as RGB(A) or grayscale arrays in the file's dtype (uint8 or uint16).
+
+    One frame for most files; all pages of a multi-page TIFF, all frames of an animated GIF or WebP.
+    """
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
@@ -51,22 +56,47 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         raise ImageReadError(path, f"cannot read the file ({err.strerror or err})") from err
     if data.size == 0:
         raise ImageReadError(path, "the file is empty")
-    # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation; JPEGs have neither, so
-    # they are decoded with the flags that rotate phone photos upright (and keep gray images gray)
-    jpeg = path.suffix.lower() in (".jpg", ".jpeg")
-    image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if jpeg else cv2.IMREAD_UNCHANGED)
-    if image is None:
+    suffix = path.suffix.lower()
+    if suffix in MULTI_FRAME_EXTENSIONS:
+        ok, frames = cv2.imdecodemulti(data, cv2.IMREAD_UNCHANGED)
+        frames = list(frames) if ok else []
+    else:
+        # IMREAD_UNCHANGED keeps alpha and 16 bits but ignores EXIF orientation; JPEGs have neither, so
+        # they are decoded with the flags that rotate phone photos upright (and keep gray images gray)
+        jpeg = suffix in (".jpg", ".jpeg")
+        image = cv2.imdecode(data, cv2.IMREAD_ANYCOLOR | cv2.IMREAD_ANYDEPTH if jpeg else cv2.IMREAD_UNCHANGED)
+        frames = [] if image is None else [image]
+    if not frames:
         raise ImageReadError(path, "not a decodable image (corrupt, truncated or an unsupported format)")
+    return [_decoded_to_rgb(path, frame, opaque_alpha_dropped=suffix == ".gif") for frame in frames]
+
+
+def _decoded_to_rgb(path: Path, image: np.ndarray, opaque_alpha_dropped: bool) -> np.ndarray:
+    """OpenCV's BGR(A) decoding as RGB(A); GIF frames always decode with alpha, dropped when fully opaque."""
     if image.dtype not in _MAX_VALUE:
         raise ImageReadError(path, f"{image.dtype} pixels are not supported (8-bit and 16-bit images are)")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[:, :, 0]
+    if opaque_alpha_dropped and image.ndim == 3 and image.shape[2] == 4 and (image[:, :, 3] == 255).all():
+        image = image[:, :, :3]
     if image.ndim == 3:
         code = {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGBA}.get(image.shape[2])
         if code is None:
             raise ImageReadError(path, f"{image.shape[2]}-channel images are not supported")
         image = cv2.cvtColor(image, code)
     return image
+
+
+def read_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode a single-frame image file to an RGB(A) or grayscale array in its own dtype (uint8 or uint16).
+
+    A file with several frames (animated GIF, multi-page TIFF) is an error rather than silently its
+    first frame: :func:`read_frames` reads them all.
+    """
+    frames = read_frames(path)
+    if len(frames) > 1:
+        raise ImageReadError(path, f"has {len(frames)} frames (animated or multi-page); each must be restored")
+    return frames[0]
 
 
 def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 95) -> None:

@@ -1,4 +1,6 @@
-import diffir  # noqa: F401  (installs the torchvision alias basicsr needs before any test imports basicsr)
+import diffir  # installs the torchvision alias basicsr needs before any test imports basicsr
+
+diffir.register()  # the tests build diffir's archs, models and datasets through basicsr's registries
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -1,8 +1,19 @@
 """The benchmark suite: PSNR / SSIM / LPIPS / NIQE / FID on benchmark sets, the paper's numbers beside
-ours, comparison crops and a stochasticity report. Command line: ``benchmarks/benchmark.py``."""
-from .metrics import LPIPSMetric, MissingWeightsError
-from .paper import PAPER_SETS, find_paper_set
-from .suite import Benchmark, BenchmarkSet, SetResult, list_samples, stochasticity, write_summary
+ours, comparison crops and a stochasticity report. Command line: ``benchmarks/benchmark.py``.
 
-__all__ = ["Benchmark", "BenchmarkSet", "LPIPSMetric", "MissingWeightsError", "PAPER_SETS", "SetResult",
-           "find_paper_set", "list_samples", "stochasticity", "write_summary"]
+The names below load on first use (module ``__getattr__``), so that the command line's ``--help``
+does not wait for torch.
+"""
+import importlib
+
+_SOURCES = {"LPIPSMetric": "metrics", "MissingWeightsError": "metrics", "PAPER_SETS": "paper",
+            "find_paper_set": "paper", "Benchmark": "suite", "BenchmarkSet": "suite", "SetResult": "suite",
+            "list_samples": "suite", "stochasticity": "suite", "write_summary": "suite"}
+
+__all__ = list(_SOURCES)
+
+
+def __getattr__(name: str):
+    if name in _SOURCES:
+        return getattr(importlib.import_module(f".{_SOURCES[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,14 +12,20 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from ..image_io import read_image, read_mask
-from ..options import load_yaml
-from ..restorer import NETWORK_TASK, Restorer, check_task, default_scale
-from .suite import Benchmark, BenchmarkSet, stochasticity, write_summary
+from ..cli import TASKS, clean_message
+from ..version import __version__
+
+if TYPE_CHECKING:
+    from .suite import BenchmarkSet
+
+# torch, basicsr and the metrics load in main(), after parsing: --help and argument errors answer at once
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="benchmark.py", description="Benchmark a DiffIR model.")
+    # prog: argparse's default, the name the command was started by (benchmark.py, diffir-benchmark)
+    parser = argparse.ArgumentParser(description="Benchmark a DiffIR model.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s (diffir {__version__})")
     parser.add_argument("-opt", help="basicsr option file: datasets (dataroot_lq / dataroot_gt / filename_tmpl), "
                                      "network_g and path.pretrain_network_g")
     parser.add_argument("-m", "--model", help="checkpoint file or zoo name (overrides the option file's)")
@@ -30,28 +36,30 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", help="name of the command-line set (matched to the paper's sets)")
     parser.add_argument("--filename-tmpl", default="{}", help="LQ stem from GT stem, e.g. '{}x4'")
     parser.add_argument("--restored", help="score existing outputs in this folder instead of running a model")
-    parser.add_argument("--task", choices=tuple(NETWORK_TASK), help="needed with --restored (else the model's)")
+    parser.add_argument("--task", choices=TASKS, help="needed with --restored (else the model's)")
     parser.add_argument("-s", "--scale", type=int, default=None, help="SR scale, needed with --restored")
     parser.add_argument("-o", "--output", default="results/benchmark", help="output folder")
     parser.add_argument("--metrics", help="comma-separated: psnr,ssim,lpips,niqe,fid (default: the task's)")
     parser.add_argument("--crop-border", type=int, help="override the task's crop border")
-    parser.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex")
+    parser.add_argument("--lpips-net", choices=("alex", "vgg"), default="alex", help="LPIPS backbone (default: alex)")
     parser.add_argument("--lpips-weights", help="torchvision AlexNet/VGG16 weights (default: torch hub cache)")
     parser.add_argument("--fid-weights", help="Inception weights for FID (pytorch-fid's pt_inception-*.pth)")
     parser.add_argument("--crops", action="store_true", help="save LQ | output | GT comparison crops")
-    parser.add_argument("--crop-size", type=int, default=128)
+    parser.add_argument("--crop-size", type=int, default=128, help="side of the comparison crops (default: 128)")
     parser.add_argument("--seeds", type=int, default=0, help="stochasticity report: restore with this many seeds")
     parser.add_argument("--stochastic-images", type=int, default=1, help="images per set for the report")
     parser.add_argument("--seed", type=int, default=0, help="seed of the diffusion's initial noise")
-    parser.add_argument("--tile", type=int, default=0)
-    parser.add_argument("--tile-overlap", type=int, default=32)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--tile", type=int, default=0, help="tile side in input pixels, 0 = whole image")
+    parser.add_argument("--tile-overlap", type=int, default=32, help="pixels shared by neighbouring tiles")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--half", action="store_true", help="fp16 autocast with fp32 fallback")
     return parser
 
 
 def sets_from_options(opt: dict) -> tuple[list[BenchmarkSet], list[str]]:
     """Benchmark sets from the ``datasets`` block of a basicsr option file, and notes on skipped ones."""
+    from .suite import BenchmarkSet
+
     sets, skipped = [], []
     for key, dataset in (opt.get("datasets") or {}).items():
         if key.startswith("train"):
@@ -69,6 +77,10 @@ def sets_from_options(opt: dict) -> tuple[list[BenchmarkSet], list[str]]:
 
 def _setup(args):
     """(sets, notes, restorer or None, task, scale, title) from the arguments."""
+    from ..options import load_yaml
+    from ..restorer import NETWORK_TASK, Restorer, check_task, default_scale
+    from .suite import BenchmarkSet
+
     opt = load_yaml(args.opt) if args.opt else {}
     sets, notes = sets_from_options(opt)
     if args.lq:
@@ -99,6 +111,9 @@ def _setup(args):
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..image_io import read_image, read_mask
+    from .suite import Benchmark, stochasticity, write_summary
+
     try:
         sets, notes, restorer, task, scale, title = _setup(args)
         benchmark = Benchmark(task, scale, args.metrics.split(",") if args.metrics else None,
@@ -107,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                               device="cpu" if restorer is None else str(restorer.device),
                               crops=args.crops, crop_size=args.crop_size)
     except Exception as err:  # arguments, option file, model or metric weights: one clear line
-        print(f"error: {err}", file=sys.stderr)
+        print(f"error: {clean_message(err)}", file=sys.stderr)
         return 2
     benchmark.notes += notes
 

@@ -23,8 +23,10 @@ network (no ``_orig_mod.`` prefix) and checkpoints are interchangeable.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import torch.nn as nn
+if TYPE_CHECKING:  # torch is not imported here: command lines read MODES before parsing
+    import torch.nn as nn
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ARGUMENTS = ("mode", "backend", "fullgraph", "dynamic", "options")
