@@ -16,12 +16,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from .checkpoint import (
-    CheckpointError,
-    infer_network_options,
-    network_for_state_dict,
-    read_state_dict,
-)
+from .archs.detect import infer_network_options, network_for_state_dict
+from .checkpoint import CheckpointError, read_state_dict
 from .utils.safetensors_io import save_state_dict
 from .version import __version__
 from .zoo import sha256_file

@@ -9,10 +9,11 @@ import torch
 import yaml
 from basicsr.utils.options import ordered_yaml
 
-import diffir.checkpoint
+import diffir.archs.detect
 from diffir import Restorer
 from diffir.archs.diffir_arch import DiffIRS1, DiffIRS2
-from diffir.checkpoint import CheckpointError, infer_network_options, read_state_dict
+from diffir.archs.detect import infer_network_options
+from diffir.checkpoint import CheckpointError, read_state_dict
 from diffir.convert import main as convert_main
 from diffir.options import load_yaml
 from diffir.utils.safetensors_io import (
@@ -104,7 +105,7 @@ def test_restorer_uses_the_recorded_options(tmp_path, monkeypatch):
     def no_inference(state_dict):
         raise AssertionError("the options were inferred although the file records them")
 
-    monkeypatch.setattr(diffir.checkpoint, "infer_network_options", no_inference)
+    monkeypatch.setattr(diffir.archs.detect, "infer_network_options", no_inference)
     restorer = Restorer.from_pretrained(tmp_path / "net.safetensors", device="cpu")
     image = np.random.default_rng(0).random((16, 24, 3), dtype=np.float32)
     expected = Restorer(net, device="cpu").restore(image, seed=5)
@@ -148,4 +149,4 @@ def test_training_saves_safetensors_when_asked(tmp_path, monkeypatch):
     assert saved.keys() == trained.keys() and all(torch.equal(saved[k], v) for k, v in trained.items())
     options = recorded_network_options(models / "net_g_latest.safetensors")
     assert options["type"] == "DiffIRS1" and options["dim"] == 8
-    diffir.checkpoint.network_for_state_dict(read_state_dict(models / "net_g_latest.safetensors")[0], options)
+    diffir.archs.detect.network_for_state_dict(read_state_dict(models / "net_g_latest.safetensors")[0], options)

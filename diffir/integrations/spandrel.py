@@ -11,7 +11,7 @@
 stage-two checkpoints, official or ours, ``.pth`` or ``.safetensors`` (spandrel unwraps
 ``params_ema`` / ``params`` / ``state_dict`` and strips ``module.``; the ``generator.`` prefix of the
 official inpainting Lightning files is stripped here), and reads the network configuration from the
-tensor shapes with :func:`diffir.checkpoint.infer_network_options`.
+tensor shapes with :func:`diffir.archs.detect.infer_network_options`.
 
 * Super-resolution and deblurring give an ``ImageModelDescriptor``; inpainting gives a
   ``MaskedImageModelDescriptor`` (image and mask, 1 = hole; known pixels come back unchanged).
@@ -41,7 +41,8 @@ from spandrel import (
 )
 
 from ..archs.diffir_arch import DiffIRS2
-from ..checkpoint import CheckpointError, infer_network_options, network_for_state_dict
+from ..archs.detect import infer_network_options, network_for_state_dict
+from ..checkpoint import CheckpointError
 from ..inpainting import composite, prepare_inpainting_input
 from ..restorer import initial_noise
 from ..zoo import PRESETS
