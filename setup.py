@@ -19,5 +19,6 @@ setup(
                       if line.strip() and not line.startswith("#")],
     extras_require={"test": ["pytest>=7"], "onnx": ["onnx", "onnxruntime"]},
     entry_points={"console_scripts": ["diffir-restore=diffir.cli:main", "diffir-export=diffir.cli:export_main",
-                                      "diffir-benchmark=diffir.benchmark.cli:main"]},
+                                      "diffir-benchmark=diffir.benchmark.cli:main",
+                                      "diffir-make-options=diffir.make_options:main"]},
 )
