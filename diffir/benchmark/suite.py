@@ -9,12 +9,14 @@ only no-reference metrics (NIQE) are computed.
 
 Outputs under ``out_dir``: ``<set>/<image>.png`` (restored), ``<set>/metrics.csv`` (per image, then
 the mean), ``<set>/crops/<image>.png`` (LQ | output | GT) when asked, ``summary.csv`` and
-``results.md`` (every set and metric, with the paper's value beside ours where it has one).
+``results.md`` (per set: the baseline, the model (named by its file or zoo name) and the paper where it
+reports the set; a column per metric).
 
 Every set with ground truth also gets a baseline row: the LQ input scored like an output. For SR that
 is the input upscaled with MATLAB's bicubic (``bicubic``); for the same-size tasks the input itself
 (``LQ input``: the blurry image, or for inpainting the image with black holes that the network is
-given, ``masked input``). Scoring existing outputs of an SR set without its LQ folder has no baseline.
+given, ``masked input``). Scoring existing outputs without the set's LQ folder (``--restored`` with
+``--gt`` only) gives no baseline, except for inpainting, where the images and masks are enough.
 """
 from __future__ import annotations
 
