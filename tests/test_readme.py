@@ -18,9 +18,22 @@ README = (REPO / "README.md").read_text(encoding="utf-8")
 FENCE = re.compile(r"^```(\w*)\n(.*?)^```", re.S | re.M)
 MARKER = re.compile(r"#\s*needs:\s*(\w+)")
 KINDS = {"download", "long", "gpu"}
-# what a fresh clone does not have: runs, results and caches of this checkout
-NOT_IN_A_CLONE = shutil.ignore_patterns(".git", "experiments", "results", "tb_logger", "restored", "__pycache__",
-                                        ".pytest_cache", "own", "*.egg-info", "datasets")
+# outside a git checkout: what a fresh clone does not have (runs, results, downloads and caches)
+NOT_IN_A_CLONE = shutil.ignore_patterns("experiments", "results", "tb_logger", "restored", "__pycache__",
+                                        ".pytest_cache", "*.egg-info", "datasets")
+
+
+def copy_checkout(root):
+    """The files a clone of this checkout has (tracked or new, not ignored), with their local changes."""
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=False)
+    if listed.returncode != 0:  # not a git checkout (an unpacked archive)
+        shutil.copytree(REPO, root, ignore=NOT_IN_A_CLONE)
+        return
+    for name in filter(None, listed.stdout.decode().split("\0")):
+        if (REPO / name).is_file():  # deleted but not yet committed files are listed too
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
 
 
 def blocks(language):
@@ -40,7 +53,7 @@ def runnable(body):
 def clone(tmp_path_factory):
     """A copy of the checkout, and an environment whose python / python3 are this interpreter."""
     root = tmp_path_factory.mktemp("readme") / "diffir"
-    shutil.copytree(REPO, root, ignore=NOT_IN_A_CLONE)
+    copy_checkout(root)
     bin_dir = root.parent / "bin"
     bin_dir.mkdir()
     for name in ("python", "python3"):
