@@ -57,6 +57,20 @@ def test_options_follow_the_folder_and_the_machine(tmp_path):
     assert gpu["datasets"]["train"]["gt_size"] == 256  # the smallest photo's short side is 256
     assert gpu["train"]["total_iter"] == MACHINES["gpu"]["min"]
     assert len((tmp_path / "gpu_val.txt").read_text().split()) == 2
+    # a patch larger than the photos shrinks to the smallest training photo's short side (256)
+    assert main([str(PHOTOS), "--name", "big", "-o", str(tmp_path), "--device", "gpu", "--gt-size", "512"]) == 0
+    assert options(tmp_path, "big", 1)["datasets"]["train"]["gt_size"] == 256
+
+
+def test_iterations_grow_with_the_folder(tmp_path):
+    (tmp_path / "many").mkdir()
+    for i in range(30):
+        (tmp_path / "many" / f"p{i:02}.png").symlink_to(PHOTOS / "fig_bowl.png")
+    assert main([str(tmp_path / "many"), "-o", str(tmp_path), "--device", "cpu"]) == 0
+    train = (tmp_path / "many_train.txt").read_text().split()
+    assert len(train) == 27 and len((tmp_path / "many_val.txt").read_text().split()) == 3  # 10% held out
+    cpu = MACHINES["cpu"]
+    assert options(tmp_path, "many", 2)["train"]["total_iter"] == 27 * cpu["per_photo"] > cpu["min"]
 
 
 def test_refuses_to_overwrite_and_names_bad_input(tmp_path, capsys):
