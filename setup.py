@@ -21,5 +21,6 @@ setup(
                     "spandrel": ["spandrel>=0.4"]},
     entry_points={"console_scripts": ["diffir-restore=diffir.cli:main", "diffir-export=diffir.cli:export_main",
                                       "diffir-benchmark=diffir.benchmark.cli:main",
-                                      "diffir-convert=diffir.convert:main"]},
+                                      "diffir-convert=diffir.convert:main",
+                                      "diffir-make-options=diffir.make_options:main"]},
 )

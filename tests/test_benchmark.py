@@ -15,6 +15,8 @@ from diffir import DiffIRS2
 from diffir.benchmark import Benchmark, BenchmarkSet, LPIPSMetric, MissingWeightsError, find_paper_set, stochasticity
 from diffir.benchmark import suite
 from diffir.benchmark.cli import main as benchmark_main
+from diffir.benchmark.metrics import to_uint8_rgb
+from basicsr.utils.matlab_functions import imresize  # after diffir, which makes basicsr importable
 from diffir.image_io import read_image, write_image
 from diffir.restorer import Restorer
 
@@ -51,15 +53,20 @@ def test_psnr_of_a_known_pair_matches_the_hand_computed_value(tmp_path):
     assert float(rows[0]["psnr"]) == pytest.approx(expected_sr, abs=1e-3)
     assert float(rows[1]["psnr"]) == pytest.approx(expected_sr, abs=1e-3)
     markdown = (tmp_path / "sr" / "results.md").read_text()
-    assert f"| Set14 | 1 | PSNR ↑ | {expected_sr:.2f} | 27.73 (Table 2) |" in markdown
+    # the outputs are named by their folder; without the LQ images there is no bicubic baseline
+    assert f"| Set14 | 1 | {tmp_path / 'out'} | {expected_sr:.2f} |\n| Set14 |  | DiffIR paper (Table 2) | 27.73 |" \
+        in markdown
+    assert "baseline" not in markdown
 
     assert benchmark_main(["--restored", str(tmp_path / "out"), "--gt", str(tmp_path / "gt"), "--name", "GoPro",
                            "--task", "deblur", "--metrics", "psnr", "-o", str(tmp_path / "deblur")]) == 0
     # deblurring protocol: RGB, nothing cropped: 4 of 40 rows have error 20, the rest 4
     expected_rgb = 10 * math.log10(255 ** 2 / ((4 * 20 ** 2 + 36 * 4 ** 2) / 40))
     summary = read_csv(tmp_path / "deblur" / "summary.csv")
-    assert summary[0]["set"] == "GoPro" and summary[0]["paper"] == "33.2"
-    assert float(summary[0]["ours"]) == pytest.approx(expected_rgb, abs=1e-6)
+    assert [(r["set"], r["method"], r["metric"]) for r in summary] == [
+        ("GoPro", str(tmp_path / "out"), "psnr"), ("GoPro", "DiffIR paper (Table 4)", "psnr")]
+    assert float(summary[0]["value"]) == pytest.approx(expected_rgb, abs=1e-6)
+    assert float(summary[1]["value"]) == 33.2
 
 
 def test_benchmark_restores_scores_and_saves_crops(tmp_path, monkeypatch):
@@ -92,7 +99,15 @@ def test_benchmark_restores_scores_and_saves_crops(tmp_path, monkeypatch):
     crop = read_image(tmp_path / "res" / "Urban100" / "crops" / "im0.png")
     assert crop.shape == (24, 3 * 24 + 2 * 4, 3)  # LQ | output | GT with 4-pixel gaps
     markdown = (tmp_path / "res" / "results.md").read_text()
-    assert "26.05 (Table 2)" in markdown and "## Stochasticity" in markdown
+    assert "| Urban100 |  | DiffIR paper (Table 2) | 26.05 |  |" in markdown and "## Stochasticity" in markdown
+    # the bicubic baseline: MATLAB bicubic x4 of each LR image, scored like the outputs
+    bicubic = [y_psnr(to_uint8_rgb(np.clip(imresize(read_image(tmp_path / "LR" / f"im{i}x4.png") / 255.0, 4), 0, 1)),
+                      read_image(tmp_path / "HR" / f"im{i}.png"), 4) for i in range(2)]
+    summary = {(r["method"], r["metric"]): float(r["value"]) for r in read_csv(tmp_path / "res" / "summary.csv")}
+    assert summary[("bicubic (baseline)", "psnr")] == pytest.approx(np.mean(bicubic), abs=1e-3)
+    assert summary[(str(tmp_path / "model.pth"), "psnr")] == pytest.approx(float(rows[2]["psnr"]), abs=1e-5)
+    assert (f"| Urban100 | 2 | bicubic (baseline) | {np.mean(bicubic):.2f} |" in markdown and
+            f"| Urban100 | 2 | {tmp_path / 'model.pth'} | {float(rows[2]['psnr']):.2f} |" in markdown)
 
 
 def test_lq_only_set_writes_outputs_without_metrics(tmp_path):
@@ -152,7 +167,34 @@ def test_fid_is_computed_over_the_set_and_reported(tmp_path, monkeypatch):
     assert [row["image"] for row in result.rows] == ["im0", "im1"]  # masks are not samples
     assert result.set_metrics == {"fid": pytest.approx(4.0)}
     suite.write_summary(tmp_path / "res", [result], benchmark, "FID")
-    assert "| celeba_thick | 2 | FID ↓ | 4.0000 | 5.1440 (Table 1) |" in (tmp_path / "res" / "results.md").read_text()
+    markdown = (tmp_path / "res" / "results.md").read_text()
+    assert "| celeba_thick | 2 | masked input (baseline) |  |\n| celeba_thick | 2 | model | 4.0000 |\n" \
+           "| celeba_thick |  | DiffIR paper (Table 1) | 5.1440 |" in markdown
+    assert "FID is computed for the model only" in markdown
+
+
+def test_same_size_tasks_have_the_lq_input_as_baseline(tmp_path):
+    rng = np.random.default_rng(2)
+    gt = rng.integers(40, 200, (16, 24, 3), dtype=np.uint8)
+    blurry, restored = gt + np.uint8(10), gt + np.uint8(2)
+    for folder, image in (("gt", gt), ("lq", blurry), ("out", restored)):
+        write_image(tmp_path / folder / "a.png", image)
+    result = Benchmark("deblur", metrics=["psnr"]).run_set(
+        BenchmarkSet("GoPro", tmp_path / "lq", tmp_path / "gt"), tmp_path / "res", restored_dir=tmp_path / "out")
+    assert result.baseline == "LQ input"
+    assert result.baseline_summary()["psnr"] == pytest.approx(20 * math.log10(255 / 10))
+    assert result.summary()["psnr"] == pytest.approx(20 * math.log10(255 / 2))
+
+    # inpainting: the image with black holes, as the network is given it
+    mask = np.zeros((16, 24), np.uint8)
+    mask[:, :6] = 255  # a quarter of the pixels
+    write_image(tmp_path / "images" / "a.png", gt)
+    write_image(tmp_path / "images" / "a_mask.png", mask)
+    result = Benchmark("inpaint", metrics=["psnr"]).run_set(
+        BenchmarkSet("celeba", tmp_path / "images"), tmp_path / "res", restored_dir=tmp_path / "out")
+    assert result.baseline == "masked input"
+    expected = 10 * math.log10(255 ** 2 / np.mean((gt[:, :6].astype(np.float64)) ** 2 / 4))
+    assert result.baseline_summary()["psnr"] == pytest.approx(expected)
 
 
 def test_inpainting_masks_are_paired_by_name_listing_each_folder_once(tmp_path, monkeypatch):

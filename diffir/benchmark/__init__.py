@@ -1,5 +1,6 @@
-"""The benchmark suite: PSNR / SSIM / LPIPS / NIQE / FID on benchmark sets, the paper's numbers beside
-ours, comparison crops and a stochasticity report. Command line: ``benchmarks/benchmark.py``.
+"""The benchmark suite: PSNR / SSIM / LPIPS / NIQE / FID on benchmark sets, with a baseline (bicubic or
+the LQ input) and the paper's numbers, comparison crops and a stochasticity report. Command line:
+``benchmarks/benchmark.py``.
 
 The names below load on first use (module ``__getattr__``), so that the command line's ``--help``
 does not wait for torch.

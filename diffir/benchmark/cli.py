@@ -76,7 +76,7 @@ def sets_from_options(opt: dict) -> tuple[list[BenchmarkSet], list[str]]:
 
 
 def _setup(args):
-    """(sets, notes, restorer or None, task, scale, title) from the arguments."""
+    """(sets, notes, restorer or None, task, scale, method: the model or outputs scored) from the arguments."""
     from ..options import load_yaml
     from ..restorer import NETWORK_TASK, Restorer, check_task, default_scale
     from .suite import BenchmarkSet
@@ -95,7 +95,7 @@ def _setup(args):
             raise ValueError("--restored needs --task (and --scale for SR)")
         task = NETWORK_TASK[args.task]
         scale = args.scale or default_scale(task)
-        return sets, notes, None, task, scale, f"Benchmark of {args.restored}"
+        return sets, notes, None, task, scale, args.restored
     model = args.model or (opt.get("path") or {}).get("pretrain_network_g")
     if not model:
         raise ValueError("no model: give -m, or path.pretrain_network_g in the option file")
@@ -105,8 +105,7 @@ def _setup(args):
                                         precision="fp16" if args.half else "fp32", tile=args.tile or None,
                                         tile_overlap=args.tile_overlap)
     check_task(restorer, args.task, args.scale)
-    title = f"Benchmark of {model} ({restorer.task} x{restorer.scale})"
-    return sets, notes, restorer, restorer.task, restorer.scale, title
+    return sets, notes, restorer, restorer.task, restorer.scale, str(model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     from .suite import Benchmark, stochasticity, write_summary
 
     try:
-        sets, notes, restorer, task, scale, title = _setup(args)
+        sets, notes, restorer, task, scale, method = _setup(args)
         benchmark = Benchmark(task, scale, args.metrics.split(",") if args.metrics else None,
                               crop_border=args.crop_border, lpips_net=args.lpips_net,
                               lpips_weights=args.lpips_weights, fid_weights=args.fid_weights,
@@ -137,7 +136,8 @@ def main(argv: list[str] | None = None) -> int:
                                        read_mask(sample.mask) if sample.mask else None,
                                        read_image(sample.gt) if sample.gt else None, benchmark)
                 reports.append({"set": bset.name, "image": sample.name, **report})
-    markdown = write_summary(args.output, results, benchmark, title, reports)
+    markdown = write_summary(args.output, results, benchmark, f"Benchmark of {method} ({task} x{scale})", reports,
+                             method)
     print(markdown.read_text())
     failed = sum(len(r.failures) for r in results)
     if failed:

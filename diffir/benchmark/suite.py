@@ -9,7 +9,14 @@ only no-reference metrics (NIQE) are computed.
 
 Outputs under ``out_dir``: ``<set>/<image>.png`` (restored), ``<set>/metrics.csv`` (per image, then
 the mean), ``<set>/crops/<image>.png`` (LQ | output | GT) when asked, ``summary.csv`` and
-``results.md`` (every set and metric, with the paper's value beside ours where it has one).
+``results.md`` (per set: the baseline, the model (named by its file or zoo name) and the paper where it
+reports the set; a column per metric).
+
+Every set with ground truth also gets a baseline row: the LQ input scored like an output. For SR that
+is the input upscaled with MATLAB's bicubic (``bicubic``); for the same-size tasks the input itself
+(``LQ input``: the blurry image, or for inpainting the image with black holes that the network is
+given, ``masked input``). Scoring existing outputs without the set's LQ folder (``--restored`` with
+``--gt`` only) gives no baseline, except for inpainting, where the images and masks are enough.
 """
 from __future__ import annotations
 
@@ -23,6 +30,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from basicsr.utils.matlab_functions import imresize
 
 from ..image_io import (ImageReadError, atomic_write_bytes, list_image_files, read_image, read_mask, split_image,
                         write_image)
@@ -58,6 +66,8 @@ class SetResult:
     failures: list[tuple[str, str]] = field(default_factory=list)  # (file, reason)
     notes: list[str] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)  # the paired samples, scored or failed
+    baseline: str = ""  # what the baseline rows score ('bicubic', 'LQ input', 'masked input'); '' for none
+    baseline_rows: list[dict] = field(default_factory=list)  # per image, as ``rows``
 
     @property
     def metric_names(self) -> list[str]:
@@ -69,6 +79,10 @@ class SetResult:
 
     def summary(self) -> dict:
         return {**self.means(), **self.set_metrics}
+
+    def baseline_summary(self) -> dict:
+        names = [k for k in (self.baseline_rows[0] if self.baseline_rows else {}) if k != "image"]
+        return {k: _mean_of_defined([row[k] for row in self.baseline_rows]) for k in names}
 
 
 def _mean_of_defined(values: list[float]) -> float:
@@ -141,6 +155,23 @@ def _match_gt_size(gt: np.ndarray, output: np.ndarray, scale: int) -> np.ndarray
     if 0 <= gh - oh < scale and 0 <= gw - ow < scale:
         return gt[:oh, :ow]
     raise ValueError(f"output is {oh}x{ow} but the ground truth is {gh}x{gw}")
+
+
+def baseline_name(task: str, scale: int) -> str:
+    if task == "inpaint":
+        return "masked input"
+    return "bicubic" if task == "sr" and scale > 1 else "LQ input"
+
+
+def baseline_image(lq: np.ndarray, mask: np.ndarray | None, task: str, scale: int) -> np.ndarray:
+    """What the network is given, as an image to score: the LQ (bicubic-upscaled for SR, holes black
+    for inpainting, as in the network input), 8-bit RGB."""
+    rgb = split_image(lq)[0]
+    if task == "sr" and scale > 1:
+        rgb = imresize(rgb, scale)
+    elif mask is not None:
+        rgb = rgb * ~mask[:, :, None]
+    return to_uint8_rgb(np.clip(rgb, 0, 1))
 
 
 def comparison_crop(lq: np.ndarray, output: np.ndarray, gt: np.ndarray | None, size: int) -> np.ndarray:
@@ -242,6 +273,9 @@ class Benchmark:
         if fid is not None:
             fid.reset()
         restored = {p.stem: p for p in _images(Path(restored_dir))} if restored_dir is not None else None
+        # scoring outputs without their LQ folder (the set's LQ is its GT) leaves nothing to compare with
+        if has_gt and (self.task == "inpaint" or bset.lq_dir != bset.gt_dir):
+            result.baseline = baseline_name(self.task, self.scale)
         for sample in samples:
             try:
                 lq = read_image(sample.lq)
@@ -255,7 +289,11 @@ class Benchmark:
                     output = read_image(restored[sample.name])
                 output8 = to_uint8_rgb(output)
                 gt8 = _match_gt_size(to_uint8_rgb(read_image(sample.gt)), output8, self.scale) if sample.gt else None
-                result.rows.append({"image": sample.name, **self.image_metrics(output8, gt8)})
+                row = {"image": sample.name, **self.image_metrics(output8, gt8)}
+                if result.baseline:
+                    base8 = baseline_image(lq, mask, self.task, self.scale)
+                    result.baseline_rows.append({"image": sample.name, **self.image_metrics(base8, gt8)})
+                result.rows.append(row)
                 if fid is not None:
                     fid.update(output8, gt8)
                 if self.crops:
@@ -271,6 +309,8 @@ class Benchmark:
         if fid is not None:
             if len(result.rows) >= 2:
                 result.set_metrics["fid"] = fid.compute()
+                if result.baseline:
+                    result.notes.append(f"FID is computed for the model only, not for the {result.baseline}")
             else:
                 result.notes.append("FID needs at least 2 images")
         write_csv(set_dir / "metrics.csv", result)
@@ -295,28 +335,33 @@ def write_csv(path: Path, result: SetResult) -> None:
 
 
 def write_summary(out_dir: str | os.PathLike, results: list[SetResult], benchmark: Benchmark, title: str,
-                  stochasticity: list[dict] | None = None) -> Path:
-    """``summary.csv`` (set, metric, ours, paper) and ``results.md``; returns the Markdown path."""
+                  stochasticity: list[dict] | None = None, method: str = "model") -> Path:
+    """``summary.csv`` (set, images, method, metric, value) and ``results.md`` (per set: the baseline,
+    ``method``, i.e. the model or outputs scored, and the paper); returns the Markdown path."""
     out_dir = Path(out_dir)
+    summaries = [result.summary() for result in results]
+    metrics = [m for m in IMAGE_METRICS + SET_METRICS if any(m in summary for summary in summaries)]
     table, csv_rows = [], []
-    for result in results:
-        paper_set = find_paper_set(result.name, benchmark.task)
-        summary = result.summary()
-        for metric, value in summary.items():
-            paper = paper_set.results.get(metric) if paper_set else None
-            arrow = "↑" if HIGHER_IS_BETTER[metric] else "↓"
-            paper_cell = "" if paper is None else _FORMAT[metric].format(paper) + (
-                f" ({paper_set.table}{', ' + paper_set.note if paper_set.note else ''})")
-            table.append(f"| {result.name} | {len(result.rows)} | {metric.upper()} {arrow} | "
-                         f"{_FORMAT[metric].format(value)} | {paper_cell} |")
-            csv_rows.append([result.name, len(result.rows), metric, f"{value:.6f}", "" if paper is None else paper])
-        if not summary:
-            table.append(f"| {result.name} | {len(result.rows)} | (no metrics) | | |")
-    atomic_write_bytes(out_dir / "summary.csv",
-                       _csv_bytes(["set", "images", "metric", "ours", "paper"], csv_rows))
 
+    def add(result: SetResult, label: str, values: dict, images: int | str):
+        csv_rows.extend([result.name, images, label, m, f"{values[m]:.6f}"] for m in metrics if m in values)
+        cells = [_FORMAT[m].format(values[m]) if m in values else "" for m in metrics]
+        table.append(_md_row([result.name, images, label, *cells]))
+
+    for result, summary in zip(results, summaries):
+        if result.baseline:
+            add(result, f"{result.baseline} (baseline)", result.baseline_summary(), len(result.baseline_rows))
+        add(result, method, summary, len(result.rows))
+        paper_set = find_paper_set(result.name, benchmark.task)
+        paper = {m: v for m, v in paper_set.results.items() if m in metrics} if paper_set else {}
+        if paper:
+            note = f", {paper_set.note}" if paper_set.note else ""
+            add(result, f"DiffIR paper ({paper_set.table}{note})", paper, "")
+    atomic_write_bytes(out_dir / "summary.csv", _csv_bytes(["set", "images", "method", "metric", "value"], csv_rows))
+
+    header = ["set", "images", "method", *(f"{m.upper()} {'↑' if HIGHER_IS_BETTER[m] else '↓'}" for m in metrics)]
     lines = [f"# {title}", "", f"Protocol: {benchmark.protocol()}.", "",
-             "| set | images | metric | ours | paper |", "|---|---|---|---|---|", *table, ""]
+             _md_row(header), _md_row(["---"] * len(header)), *table, ""]
     notes = list(benchmark.notes)
     for result in results:
         notes += [f"{result.name}: {note}" for note in result.notes]
@@ -335,6 +380,10 @@ def write_summary(out_dir: str | os.PathLike, results: list[SetResult], benchmar
     path = out_dir / "results.md"
     atomic_write_bytes(path, "\n".join(lines).encode())
     return path
+
+
+def _md_row(cells: list) -> str:
+    return "| " + " | ".join(map(str, cells)) + " |"
 
 
 def _db(value: float) -> str:
