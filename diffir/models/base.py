@@ -31,6 +31,7 @@ from basicsr.utils import get_root_logger
 from basicsr.utils.dist_util import master_only
 from torch.nn.parallel import DistributedDataParallel
 
+from ..training_state import write_training_state
 from ..utils.atomic import atomic_torch_save
 from ..utils.compile import compile_network
 from ..utils.padding import crop_to, pad_to_multiple
@@ -311,7 +312,7 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
             "rng": rng_states(),
         }
         path = os.path.join(self.opt["path"]["training_states"], f"{current_iter}.state")
-        atomic_torch_save(state, path)
+        write_training_state(state, path)  # loadable with weights_only=True
         self.last_saved_state = path
 
     def resume_training(self, resume_state):
