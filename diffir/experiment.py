@@ -65,8 +65,9 @@ class ExperimentLock:
 _PARTIAL = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")  # diffir.utils.atomic.replacing's temporary names
 
 
-def remove_partial_writes(folders, logger) -> list[str]:
-    """Delete the temporary files a killed save left in ``folders``; call it while holding the lock."""
+def remove_partial_writes(folders) -> list[str]:
+    """Delete the temporary files a killed save left in ``folders`` and list them; call it while holding
+    the lock (a running save of the same experiment would lose its file)."""
     removed = []
     for folder in folders:
         if osp.isdir(folder):
@@ -74,8 +75,6 @@ def remove_partial_writes(folders, logger) -> list[str]:
                 if entry.is_file() and _PARTIAL.match(entry.name):
                     os.remove(entry.path)
                     removed.append(entry.path)
-    if removed:
-        logger.info(f"removed {len(removed)} partial file(s) of an interrupted save: {', '.join(removed)}")
     return removed
 
 

@@ -73,25 +73,21 @@ def saved_states(folder: str) -> list[str]:
     return [osp.join(folder, f"{i}{SUFFIX}") for i in sorted(iters, reverse=True)]
 
 
-def newest_loadable_state(folder: str, logger) -> tuple[str, dict] | None:
-    """The newest state of ``folder`` that loads, warning about each newer damaged one; ``None`` if none.
+def newest_loadable_state(folder: str) -> tuple[str, dict, list[str]] | None:
+    """(file, state, damaged) for the newest state of ``folder`` that loads; ``None`` if there is none.
 
-    A damaged file (torn write, full disk) is skipped; a file refused as unsafe stops the resume, since
-    falling back past it would silently discard training the user expects to continue.
+    Newer damaged files (torn write, full disk) are skipped and listed in ``damaged`` with the reason.
+    A file refused as unsafe stops the resume: falling back past it would silently discard training
+    the user expects to continue.
     """
-    bad = []
+    damaged = []
     for path in saved_states(folder):
         try:
-            state = read_training_state(path)
+            return path, read_training_state(path), damaged
         except UnsafeTrainingStateError:
             raise
         except TrainingStateError as err:
-            logger.warning(f"skipping damaged training state: {err}")
-            bad.append(path)
-            continue
-        if bad:
-            logger.warning(f"resuming from {path}, the newest training state that loads; damaged: {', '.join(bad)}")
-        return path, state
-    if bad:
-        raise TrainingStateError(f"no training state in {folder} loads; damaged: {', '.join(bad)}")
+            damaged.append(str(err))
+    if damaged:
+        raise TrainingStateError(f"no training state in {folder} loads: " + "; ".join(damaged))
     return None
