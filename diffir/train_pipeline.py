@@ -177,7 +177,7 @@ def train_pipeline(argv=None) -> str:
     """Run training from the command line arguments; returns the experiment folder."""
     opt, args = parse_options(is_train=True, argv=argv)
     for dataset_opt in opt["datasets"].values():
-        check_dataset_options(dataset_opt)
+        check_dataset_options(dataset_opt, decode=True)  # a damaged image would stop the run hours in
     lock = take_experiment_lock(opt)
     try:
         return _train(opt, args)
