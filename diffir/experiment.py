@@ -18,6 +18,7 @@ import glob
 import os
 import os.path as osp
 import re
+import sys
 
 import yaml
 
@@ -84,25 +85,27 @@ def option_versions(experiment_root: str) -> list[str]:
 
 def previous_options(experiment_root: str) -> tuple[str, dict] | None:
     """The newest saved options of an experiment, as (file, options); ``None`` if none was saved."""
-    from .options import load_yaml
+    from .options import load_yaml  # here: diffir.options imports this module
 
     versions = option_versions(experiment_root)
     return (versions[-1], load_yaml(versions[-1])) if versions else None
 
 
-def save_options_version(user_opt: dict, experiment_root: str, time_str: str) -> str:
-    """Keep ``user_opt`` as ``options_<time>.yml`` in the experiment folder; never replaces a file."""
+def save_options_version(user_opt: dict, experiment_root: str, time_str: str, source: str) -> str:
+    """Keep ``user_opt`` (read from ``source``) as ``options_<time>.yml`` in the experiment folder, with
+    the command line; never replaces a file."""
     path = osp.join(experiment_root, f"options_{time_str}.yml")
     n = 1
     while osp.exists(path):
         path = osp.join(experiment_root, f"options_{time_str}_{n}.yml")
         n += 1
-    atomic_write_bytes(path, yaml.safe_dump(user_opt, sort_keys=False).encode())
+    header = f"# options of the run started by: {' '.join(sys.argv)}\n# read from {source}, --force_yml applied\n"
+    atomic_write_bytes(path, (header + yaml.safe_dump(user_opt, sort_keys=False)).encode())
     return path
 
 
 # option keys (dotted, '*' matches one level) a resumed run can take over from an edited option file
-RESUMABLE = ("name", "manual_seed", "train.total_iter", "train.warmup_iter", "train.optim_*.lr", "train.scheduler.*",
+RESUMABLE = ("name", "manual_seed", "num_gpu", "compile", "find_unused_parameters", "train.total_iter", "train.warmup_iter", "train.optim_*.lr", "train.scheduler.*",
              "train.grad_clip", "train.max_nonfinite_steps", "logger.*", "val.*", "path.*", "dist_params.*",
              "datasets.val*", "datasets.test*", "datasets.train.num_worker_per_gpu",
              "datasets.train.prefetch_mode", "datasets.train.pin_memory", "datasets.train.persistent_workers")

@@ -94,7 +94,10 @@ def set_override(opt: dict, entry: str) -> None:
             raise KeyError(f"--force_yml {entry!r}: no option {keys.strip()!r}")
         node = node[key]
     value = value.strip()
-    node[leaf] = None if value.lower() == "none" else yaml.load(value, Loader=OptionLoader)
+    try:  # plain YAML, as in option files (basicsr evaluates list values as Python)
+        node[leaf] = None if value.lower() == "none" else yaml.load(value, Loader=OptionLoader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"--force_yml {entry!r}: the value is not plain YAML: {err}") from err
 
 
 def parse_options(is_train: bool, argv=None) -> tuple[dict, argparse.Namespace]:

@@ -193,13 +193,15 @@ def _train(opt: dict, args) -> str:
     resume = find_resume_state(opt)
     resume_path, resume_state, damaged = resume if resume is not None else (None, None, [])
     changed = [] if resume is None else check_resumed_options(args.user_opt, resume_path)
+    if opt["dist"]:  # every rank has compared the options before rank 0 writes this run's version
+        torch.distributed.barrier()
     if resume_state is None and not opt["auto_resume"]:
         make_exp_dirs(opt)  # a fresh run archives an existing folder of the same name, as basicsr does
     elif opt["rank"] == 0:
         for key in ("experiments_root", "models", "training_states", "visualization"):
             os.makedirs(opt["path"][key], exist_ok=True)
     if opt["rank"] == 0:  # every start keeps its options; none is overwritten
-        save_options_version(args.user_opt, opt["path"]["experiments_root"], get_time_str())
+        save_options_version(args.user_opt, opt["path"]["experiments_root"], get_time_str(), args.opt)
     if opt["dist"]:
         torch.distributed.barrier()
 

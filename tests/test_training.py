@@ -128,7 +128,7 @@ def test_pipeline_stage_one_then_two_then_test(workdir, basicsr_log):
 
     exp2 = run_train(["-opt", str(s2_opt)])
     s2_ckpt = exp2 / "models" / "net_g_latest.pth"
-    assert all(k.startswith(("G.", "condition.", "denoise.", "diffusion.")) for k in torch.load(s2_ckpt)["params"])
+    assert all(k.startswith(("G.", "condition.", "denoise.", "diffusion.")) for k in torch.load(s2_ckpt, weights_only=True)["params"])
 
     test_opt = load_yaml(str(DEMO / "test_demo_DiffIRS2_x4.yml"))
     test_opt["network_g"].update(TINY_NET)
