@@ -105,10 +105,15 @@ def save_options_version(user_opt: dict, experiment_root: str, time_str: str, so
 
 
 # option keys (dotted, '*' matches one level) a resumed run can take over from an edited option file
-RESUMABLE = ("name", "manual_seed", "num_gpu", "compile", "find_unused_parameters", "train.total_iter", "train.warmup_iter", "train.optim_*.lr", "train.scheduler.*",
-             "train.grad_clip", "train.max_nonfinite_steps", "logger.*", "val.*", "path.*", "dist_params.*",
-             "datasets.val*", "datasets.test*", "datasets.train.num_worker_per_gpu",
-             "datasets.train.prefetch_mode", "datasets.train.pin_memory", "datasets.train.persistent_workers")
+RESUMABLE = (
+    "name", "manual_seed", "num_gpu", "compile", "find_unused_parameters",
+    # the learning-rate schedule is replayed from the new options (see train_pipeline)
+    "train.total_iter", "train.warmup_iter", "train.optim_*.lr", "train.scheduler.*", "train.lr_*", "train.gamma_*",
+    "train.grad_clip", "train.max_nonfinite_steps",
+    "logger.*", "val.*", "path.*", "dist_params.*", "datasets.val*", "datasets.test*",
+    "datasets.train.num_worker_per_gpu", "datasets.train.prefetch_mode", "datasets.train.pin_memory",
+    "datasets.train.persistent_workers",
+)
 _MISSING = "<absent>"
 
 

@@ -67,6 +67,8 @@ DATASET = {
         "blur_kernel_size2", "kernel_list2", "kernel_prob2", "blur_sigma2", "betag_range2", "betap_range2",
         "sinc_prob2", "final_sinc_prob")},
 }
+_PLAIN = {BOOL: bool, STR: str, LIST: list}
+
 TOP = {"name": STR, "model_type": STR, "scale": INT, "num_gpu": ANY, "manual_seed": INT, "compile": ANY,
        "find_unused_parameters": BOOL, "datasets": "datasets", "path": "path", "train": "train", "val": "val",
        "logger": "logger", "dist_params": "dist", **_DEGRADATION}
@@ -95,20 +97,14 @@ class _Checker:
                     value = float(value.strip())
                 except ValueError:
                     self.fail(at, f"expected {kind}, got {value!r}")
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (
+                    kind == INT and not float(value).is_integer()):
+                self.fail(at, f"expected {kind}, got {node[key]!r}")
+            node[key] = int(value) if kind == INT else value
+        elif kind in _PLAIN:
+            if not isinstance(value, _PLAIN[kind]):
                 self.fail(at, f"expected {kind}, got {value!r}")
-            if kind == INT:
-                if value != int(value):
-                    self.fail(at, f"expected {kind}, got {value!r}")
-                value = int(value)
-            node[key] = value
-        elif kind == BOOL and not isinstance(value, bool):
-            self.fail(at, f"expected {kind}, got {value!r}")
-        elif kind == STR and not isinstance(value, str):
-            self.fail(at, f"expected {kind}, got {value!r}")
-        elif kind == LIST and not isinstance(value, list):
-            self.fail(at, f"expected {kind}, got {value!r}")
-        elif kind not in (INT, FLOAT, BOOL, STR, LIST):
+        else:  # a mapping, checked by the method named by ``kind`` unless it is any mapping
             if not isinstance(value, dict):
                 self.fail(at, f"expected {DICT}, got {value!r}")
             if kind != DICT:

@@ -18,6 +18,7 @@ path, size and modification time (:class:`DecodeCache`), so a restart decodes on
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import os.path as osp
@@ -119,10 +120,8 @@ class DecodeCache:
 
     def add(self, paths: list[str]) -> None:
         self.known.update({osp.abspath(p): self.stamp(p) for p in paths})
-        try:
+        with contextlib.suppress(OSError):  # a read-only home: the next run decodes again
             atomic_write_bytes(self.path, json.dumps(self.known).encode())
-        except OSError:
-            pass  # a read-only home: the next run decodes again
 
 
 def undecodable(paths: list[str]) -> list[str]:
