@@ -14,8 +14,9 @@ import difflib
 import inspect
 import re
 
-import torch
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
+
+from .models.base import OPTIMIZERS, SCHEDULERS
 
 
 class OptionError(ValueError):
@@ -187,20 +188,12 @@ class _Checker:
                     self.signature(loss, cls.__init__, f"{where}{key}.", skip=1)
 
     def optimizer(self, node: dict, where: str) -> None:
-        self.registered(node, {}, where, "optimizer", extra=("Adam", "AdamW"))  # those DiffIRBaseModel builds
-        self.signature(node, getattr(torch.optim, node["type"]).__init__, where, skip=2)
+        self.registered(node, {}, where, "optimizer", extra=OPTIMIZERS)
+        self.signature(node, OPTIMIZERS[node["type"]].__init__, where, skip=2)  # skip self, params
 
     def scheduler(self, node: dict, where: str) -> None:
-        from basicsr.models import lr_scheduler
-
-        from .models.lr_scheduler import CosineAnnealingRestartCyclicLR
-
-        classes = {"MultiStepLR": lr_scheduler.MultiStepRestartLR,
-                   "MultiStepRestartLR": lr_scheduler.MultiStepRestartLR,
-                   "CosineAnnealingRestartLR": lr_scheduler.CosineAnnealingRestartLR,
-                   "CosineAnnealingRestartCyclicLR": CosineAnnealingRestartCyclicLR}
-        self.registered(node, {}, where, "learning-rate scheduler", extra=classes)
-        self.signature(node, classes[node["type"]].__init__, where, skip=2)
+        self.registered(node, {}, where, "learning-rate scheduler", extra=SCHEDULERS)
+        self.signature(node, SCHEDULERS[node["type"]].__init__, where, skip=2)  # skip self, optimizer
 
     def val(self, node: dict, where: str) -> None:
         self.section(node, VAL, where)

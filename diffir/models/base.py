@@ -39,6 +39,16 @@ from .diffloss_mixin import DiffLossMixin
 from .lr_scheduler import CosineAnnealingRestartCyclicLR
 
 
+# what train.optim_*.type and train.scheduler.type can name (diffir.option_schema checks options against them)
+OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
+SCHEDULERS = {
+    "MultiStepLR": basicsr_lr_scheduler.MultiStepRestartLR,
+    "MultiStepRestartLR": basicsr_lr_scheduler.MultiStepRestartLR,
+    "CosineAnnealingRestartLR": basicsr_lr_scheduler.CosineAnnealingRestartLR,
+    "CosineAnnealingRestartCyclicLR": CosineAnnealingRestartCyclicLR,
+}
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced non-finite losses for too many iterations in a row."""
 
@@ -128,10 +138,9 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
         self.init_diffloss(train_opt)
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
-        optimizers = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
-        if optim_type not in optimizers:
-            raise ValueError(f"optimizer type {optim_type!r} is not supported; use one of {sorted(optimizers)}")
-        return optimizers[optim_type](params, lr, **kwargs)
+        if optim_type not in OPTIMIZERS:
+            raise ValueError(f"optimizer type {optim_type!r} is not supported; use one of {sorted(OPTIMIZERS)}")
+        return OPTIMIZERS[optim_type](params, lr, **kwargs)
 
     def setup_optimizers(self):
         # basicsr's version pops "type" from train.optim_g in place; give it a copy, since stage two
@@ -147,15 +156,10 @@ class DiffIRBaseModel(DiffLossMixin, SRModel):
     def setup_schedulers(self):
         scheduler_opt = dict(self.opt["train"]["scheduler"])
         scheduler_type = scheduler_opt.pop("type")
-        classes = {
-            "MultiStepLR": basicsr_lr_scheduler.MultiStepRestartLR,
-            "MultiStepRestartLR": basicsr_lr_scheduler.MultiStepRestartLR,
-            "CosineAnnealingRestartLR": basicsr_lr_scheduler.CosineAnnealingRestartLR,
-            "CosineAnnealingRestartCyclicLR": CosineAnnealingRestartCyclicLR,
-        }
-        if scheduler_type not in classes:
-            raise ValueError(f"train.scheduler.type {scheduler_type!r} is not supported; use one of {sorted(classes)}")
-        self.schedulers = [classes[scheduler_type](optimizer, **scheduler_opt) for optimizer in self.optimizers]
+        if scheduler_type not in SCHEDULERS:
+            raise ValueError(f"train.scheduler.type {scheduler_type!r} is not supported; "
+                             f"use one of {sorted(SCHEDULERS)}")
+        self.schedulers = [SCHEDULERS[scheduler_type](optimizer, **scheduler_opt) for optimizer in self.optimizers]
 
     # ------------------------------------------------------------------ one optimisation step
     def compute_losses(self, batch: dict, current_iter: int):
