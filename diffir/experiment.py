@@ -6,7 +6,8 @@
   PID written inside). A second run of the same name refuses, naming that process, instead of archiving
   the live folder under it. The lock sits next to the folder, not in it, so it also covers a fresh run
   archiving an old folder; the kernel drops it when its process dies, so a stale file never blocks.
-* :func:`remove_partial_writes`: temporary files of :mod:`diffir.utils.atomic` left by a killed save.
+* :func:`remove_partial_writes`: temporary files of :mod:`diffir.utils.atomic` left by a killed save
+  (checkpoints, training states, validation images).
 * :func:`save_options_version` / :func:`previous_options`: every start keeps its options as
   ``options_<time>.yml`` (never overwritten); :func:`resume_changes` compares a resumed run's options
   with the previous ones and splits the differences into those a resume applies and those it cannot.
@@ -66,16 +67,15 @@ class ExperimentLock:
 _PARTIAL = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")  # diffir.utils.atomic.replacing's temporary names
 
 
-def remove_partial_writes(folders) -> list[str]:
-    """Delete the temporary files a killed save left in ``folders`` and list them; call it while holding
-    the lock (a running save of the same experiment would lose its file)."""
+def remove_partial_writes(experiment_root: str) -> list[str]:
+    """Delete the temporary files a killed save left anywhere in the experiment folder and list them;
+    call it while holding the lock (a running save of the same experiment would lose its file)."""
     removed = []
-    for folder in folders:
-        if osp.isdir(folder):
-            for entry in os.scandir(folder):
-                if entry.is_file() and _PARTIAL.match(entry.name):
-                    os.remove(entry.path)
-                    removed.append(entry.path)
+    for folder, _, names in os.walk(experiment_root):
+        for name in names:
+            if _PARTIAL.match(name):
+                os.remove(osp.join(folder, name))
+                removed.append(osp.join(folder, name))
     return removed
 
 

@@ -84,7 +84,9 @@ class _Checker:
 
     def unknown(self, where: str, key: str, known) -> None:
         close = difflib.get_close_matches(str(key), [str(k) for k in known], n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of {sorted(map(str, known))}"
+        names = sorted(map(str, known))
+        listed = ", ".join(names[:20]) + (f" (and {len(names) - 20} more)" if len(names) > 20 else "")
+        hint = f"; did you mean {close[0]!r}?" if close else f"; expected one of: {listed}"
         self.fail(f"{where}{key}", f"unknown option{hint}")
 
     def value(self, node: dict, key, kind, where: str):

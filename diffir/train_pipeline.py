@@ -188,8 +188,7 @@ def train_pipeline(argv=None) -> str:
 
 def _train(opt: dict, args) -> str:
     # the log file is opened once the folder exists: what happens before is logged after that
-    removed = remove_partial_writes([opt["path"]["models"], opt["path"]["training_states"]]) \
-        if opt["rank"] == 0 else []
+    removed = remove_partial_writes(opt["path"]["experiments_root"]) if opt["rank"] == 0 else []
     resume = find_resume_state(opt)
     resume_path, resume_state, damaged = resume if resume is not None else (None, None, [])
     changed = [] if resume is None else check_resumed_options(args.user_opt, resume_path)

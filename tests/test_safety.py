@@ -179,6 +179,11 @@ def test_resume_skips_damaged_states_and_follows_edited_options(workdir, basicsr
         f.truncate(100)
     partial = exp / "models" / ".net_g_6.pth.4242.0123abcd.tmp"
     partial.write_bytes(b"half a file")
+    (exp / "visualization" / "Set5").mkdir(parents=True)
+    partial_image = exp / "visualization" / "Set5" / ".baby_6.png.4242.89abcdef.tmp"
+    partial_image.write_bytes(b"half an image")
+    users_file = exp / "models" / "notes.tmp"  # not a name diffir.utils.atomic makes: kept
+    users_file.write_text("mine")
     new_lr = write_options(workdir, "new_lr.yml", total_iter=6)
     new_lr.write_text(new_lr.read_text().replace("lr: 0.0002", "lr: 5.0e-05"))
     run_train(["-opt", str(new_lr), "--auto_resume"])
@@ -186,7 +191,8 @@ def test_resume_skips_damaged_states_and_follows_edited_options(workdir, basicsr
     assert f"skipped a damaged training state: training state {exp / 'training_states' / '4.state'}" in log
     assert f"resumed from {exp / 'training_states' / '2.state'}" in log
     assert "train.optim_g.lr: 0.0002 -> 5e-05" in log and "train.total_iter: 4 -> 6" in log
-    assert not partial.exists()
+    assert not partial.exists() and not partial_image.exists() and users_file.read_text() == "mine"
+    assert "removed 2 partial file(s) of an interrupted save" in log
     from diffir.training_state import read_training_state
     final = read_training_state(exp / "training_states" / "6.state")
     assert final["iter"] == 6 and final["optimizers"][0]["param_groups"][0]["lr"] == pytest.approx(5e-5)
