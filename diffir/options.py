@@ -39,8 +39,10 @@ def build_arg_parser(is_train: bool) -> argparse.ArgumentParser:
         parser.add_argument("--auto_resume", action="store_true", help="continue from the newest training state")
         parser.add_argument("--debug", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    parser.add_argument("--force_yml", nargs="+", default=None, help="override options, e.g. train:total_iter=10")
-    parser.add_argument("--root", default=None, help="folder for experiments/ and results/ (default: cwd)")
+    example = "train:total_iter=10" if is_train else "val:save_img=false"
+    parser.add_argument("--force_yml", nargs="+", default=None, help=f"override options, e.g. {example}")
+    parser.add_argument("--root", default=None,
+                        help=f"folder for {'experiments' if is_train else 'results'}/ (default: cwd)")
     return parser
 
 

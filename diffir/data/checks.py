@@ -119,6 +119,8 @@ class DecodeCache:
         return [p for p in paths if self.known.get(osp.abspath(p)) != self.stamp(p)]
 
     def add(self, paths: list[str]) -> None:
+        # entries of files that are gone are dropped, so the cache does not grow with every folder ever checked
+        self.known = {p: stamp for p, stamp in self.known.items() if osp.exists(p)}
         self.known.update({osp.abspath(p): self.stamp(p) for p in paths})
         with contextlib.suppress(OSError):  # a read-only home: the next run decodes again
             atomic_write_bytes(self.path, json.dumps(self.known).encode())
@@ -131,7 +133,8 @@ def undecodable(paths: list[str]) -> list[str]:
     with ThreadPoolExecutor(_HEADER_READERS) as pool:
         results = list(tqdm(pool.map(_decodes, todo), total=len(todo), desc="decoding images once",
                             unit="img", disable=len(todo) < 100, leave=False))
-    cache.add([p for p, ok in zip(todo, results) if ok])
+    if todo:
+        cache.add([p for p, ok in zip(todo, results) if ok])
     return [p for p, ok in zip(todo, results) if not ok]
 
 
