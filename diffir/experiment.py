@@ -104,12 +104,12 @@ def save_options_version(user_opt: dict, experiment_root: str, time_str: str, so
     return path
 
 
-# option keys (dotted, '*' matches one level) a resumed run can take over from an edited option file
+# option keys (dotted, '*' matches within one level) of the learning-rate schedule: a resumed run replays it
+LEARNING_RATE = ("train.optim_*.lr", "train.scheduler.*", "train.warmup_iter", "train.lr_*", "train.gamma_*")
+# option keys a resumed run can take over from an edited option file
 RESUMABLE = (
-    "name", "manual_seed", "num_gpu", "compile", "find_unused_parameters",
-    # the learning-rate schedule is replayed from the new options (see train_pipeline)
-    "train.total_iter", "train.warmup_iter", "train.optim_*.lr", "train.scheduler.*", "train.lr_*", "train.gamma_*",
-    "train.grad_clip", "train.max_nonfinite_steps",
+    *LEARNING_RATE, "name", "manual_seed", "num_gpu", "compile", "find_unused_parameters",
+    "train.total_iter", "train.grad_clip", "train.max_nonfinite_steps",
     "logger.*", "val.*", "path.*", "dist_params.*", "datasets.val*", "datasets.test*",
     "datasets.train.num_worker_per_gpu", "datasets.train.prefetch_mode", "datasets.train.pin_memory",
     "datasets.train.persistent_workers",
@@ -126,13 +126,18 @@ def _flat(opt, prefix=""):
     return {prefix[:-1]: opt}
 
 
-def _resumable(key: str) -> bool:
+def _matches(key: str, patterns) -> bool:
     parts = key.split(".")
-    for pattern in RESUMABLE:
+    for pattern in patterns:
         pat = pattern.split(".")
         if len(parts) >= len(pat) and all(re.fullmatch(p.replace("*", ".*"), k) for p, k in zip(pat, parts)):
             return True
     return False
+
+
+def changes_learning_rate(changes: list[str]) -> bool:
+    """Whether any of the :func:`resume_changes` lines ``changes`` concerns the learning-rate schedule."""
+    return any(_matches(change.split(":")[0], LEARNING_RATE) for change in changes)
 
 
 def resume_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
@@ -142,5 +147,5 @@ def resume_changes(old: dict, new: dict) -> tuple[list[str], list[str]]:
     for key in list(old_flat) + [k for k in new_flat if k not in old_flat]:
         before, after = old_flat.get(key, _MISSING), new_flat.get(key, _MISSING)
         if before != after:
-            (applicable if _resumable(key) else refused).append(f"{key}: {before!r} -> {after!r}")
+            (applicable if _matches(key, RESUMABLE) else refused).append(f"{key}: {before!r} -> {after!r}")
     return applicable, refused

@@ -33,8 +33,8 @@ from basicsr.utils.options import dict2str
 
 from .data.checks import check_dataset_options
 from .data.progressive import ProgressiveSchedule
-from .experiment import (ExperimentError, ExperimentLock, previous_options, remove_partial_writes, resume_changes,
-                         save_options_version)
+from .experiment import (ExperimentError, ExperimentLock, changes_learning_rate, previous_options,
+                         remove_partial_writes, resume_changes, save_options_version)
 from .options import close_distributed, parse_options
 from .training_state import newest_loadable_state, read_training_state
 
@@ -231,8 +231,7 @@ def _train(opt: dict, args) -> str:
         fresh = _hyper_parameters(model)
         model.resume_training(resume_state)
         current_iter = resume_state["iter"]
-        if changed and any(change.startswith(("train.optim_", "train.scheduler", "train.warmup_iter", "train.lr_",
-                                  "train.gamma_")) for change in changed):
+        if changed and changes_learning_rate(changed):
             apply_learning_rate_options(model, fresh, current_iter, opt["train"].get("warmup_iter", -1))
         # where an uninterrupted run is after current_iter iterations; the data order continues from there
         start_epoch, batches_done = divmod(current_iter, iters_per_epoch)

@@ -221,3 +221,25 @@ def test_an_image_that_cannot_be_decoded_stops_training_before_it_starts(workdir
     assert DecodeCache().unchecked(paths) == []
     damaged.write_bytes(data[: len(data) // 2])
     assert DecodeCache().unchecked(paths) == [str(damaged)] and undecodable(paths) == [str(damaged)]
+
+
+def test_resume_changes_split_what_a_resume_can_follow():
+    from diffir.experiment import changes_learning_rate, resume_changes
+    old = load_yaml(str(REPO / "options" / "demo" / "train_demo_DiffIRS1_x4.yml"))
+    new = json.loads(json.dumps(old))
+    new["train"]["optim_g"]["lr"] = 1e-5
+    new["train"]["scheduler"]["milestones"] = [10, 20]
+    new["val"]["val_freq"] = 7
+    new["datasets"]["val_2"] = {"name": "More", "type": "HRBicubicDataset", "dataroot_gt": "x"}
+    new["network_g"]["dim"] = old["network_g"]["dim"] + 8
+    new["datasets"]["train"]["gt_size"] = 128
+    del new["train"]["pixel_opt"]
+    applicable, refused = resume_changes(old, new)
+    assert sorted(line.split(":")[0] for line in applicable) == [
+        "datasets.val_2.dataroot_gt", "datasets.val_2.name", "datasets.val_2.type", "train.optim_g.lr",
+        "train.scheduler.milestones", "val.val_freq"]
+    assert sorted(line.split(":")[0] for line in refused) == [
+        "datasets.train.gt_size", "network_g.dim", "train.pixel_opt.loss_weight", "train.pixel_opt.reduction",
+        "train.pixel_opt.type"]
+    assert f"network_g.dim: {old['network_g']['dim']!r} -> {new['network_g']['dim']!r}" in refused
+    assert changes_learning_rate(applicable) and not changes_learning_rate([a for a in applicable if "val" in a])
