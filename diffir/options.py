@@ -4,10 +4,15 @@ basicsr's ``parse_options`` initialises DDP with NCCL and ``torch.cuda.set_devic
 CPU (gloo) run under torchrun cannot start; this module keeps its option layout and conventions
 (``-opt``, ``--launcher``, ``--auto_resume``, ``--force_yml``, ``experiments/<name>/...``) and
 chooses the backend from the machine (``dist_params.backend`` overrides it).
+
+Option files are parsed with a safe YAML loader (basicsr's ``ordered_yaml`` constructs arbitrary
+Python objects: ``!!python/object/apply:os.system`` would run) and checked as a whole by
+:func:`diffir.option_schema.validate_options` before anything starts; ``name`` must be one folder name.
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import os.path as osp
 import random
@@ -17,7 +22,9 @@ import torch.distributed as dist
 import yaml
 from basicsr.utils import set_random_seed
 from basicsr.utils.dist_util import get_dist_info
-from basicsr.utils.options import _postprocess_yml_value, ordered_yaml
+
+from .experiment import check_name
+from .option_schema import validate_options
 
 REQUIRED_KEYS = {True: ("name", "model_type", "datasets", "network_g", "path", "train"),
                  False: ("name", "model_type", "datasets", "network_g")}
@@ -28,19 +35,30 @@ def build_arg_parser(is_train: bool) -> argparse.ArgumentParser:
     parser.add_argument("-opt", required=True, help="path to the option YAML file")
     parser.add_argument("--launcher", choices=["none", "pytorch"], default="none",
                         help="'pytorch' under torchrun for DDP (NCCL on GPUs, gloo on CPU)")
-    parser.add_argument("--auto_resume", action="store_true", help="continue from the newest training state")
-    parser.add_argument("--debug", action="store_true")
+    if is_train:  # training-only flags
+        parser.add_argument("--auto_resume", action="store_true", help="continue from the newest training state")
+        parser.add_argument("--debug", action="store_true")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=0)
-    parser.add_argument("--force_yml", nargs="+", default=None, help="override options, e.g. train:total_iter=10")
-    parser.add_argument("--root", default=None, help="folder for experiments/ and results/ (default: cwd)")
+    example = "train:total_iter=10" if is_train else "val:save_img=false"
+    parser.add_argument("--force_yml", nargs="+", default=None, help=f"override options, e.g. {example}")
+    parser.add_argument("--root", default=None,
+                        help=f"folder for {'experiments' if is_train else 'results'}/ (default: cwd)")
     return parser
+
+
+class OptionLoader(yaml.SafeLoader):
+    """Plain YAML only (no Python objects); mappings keep their order (plain dicts do)."""
 
 
 def load_yaml(path: str) -> dict:
     if not osp.isfile(path):
         raise FileNotFoundError(f"option file not found: {path}")
     with open(path) as f:
-        opt = yaml.load(f, Loader=ordered_yaml()[0])
+        try:
+            opt = yaml.load(f, Loader=OptionLoader)
+        except yaml.YAMLError as err:
+            raise ValueError(f"option file {path} is not valid plain YAML (Python object tags such as "
+                             f"!!python/... are refused): {err}") from err
     if not isinstance(opt, dict):
         raise ValueError(f"option file {path} does not hold a mapping of options")
     return opt
@@ -77,10 +95,19 @@ def set_override(opt: dict, entry: str) -> None:
         if not isinstance(node, dict) or key not in node:
             raise KeyError(f"--force_yml {entry!r}: no option {keys.strip()!r}")
         node = node[key]
-    node[leaf] = _postprocess_yml_value(value.strip())
+    value = value.strip()
+    try:  # plain YAML, as in option files (basicsr evaluates list values as Python)
+        node[leaf] = None if value.lower() == "none" else yaml.load(value, Loader=OptionLoader)
+    except yaml.YAMLError as err:
+        raise ValueError(f"--force_yml {entry!r}: the value is not plain YAML: {err}") from err
 
 
 def parse_options(is_train: bool, argv=None) -> tuple[dict, argparse.Namespace]:
+    """The options of ``-opt`` with ``--force_yml`` applied, validated, and completed for this run.
+
+    ``args.user_opt`` keeps the validated options as the user gave them (what a run records and a
+    resumed run is compared with).
+    """
     args = build_arg_parser(is_train).parse_args(argv)
     opt = load_yaml(args.opt)
     missing = [k for k in REQUIRED_KEYS[is_train] if k not in opt]
@@ -88,6 +115,9 @@ def parse_options(is_train: bool, argv=None) -> tuple[dict, argparse.Namespace]:
         raise ValueError(f"{args.opt}: missing top-level option(s) {missing}")
     for entry in args.force_yml or ():
         set_override(opt, entry)
+    validate_options(opt, is_train, source=args.opt)
+    check_name(opt["name"])
+    args.user_opt = copy.deepcopy(opt)
 
     if opt.get("num_gpu", 0) == "auto":
         opt["num_gpu"] = torch.cuda.device_count()
@@ -105,9 +135,9 @@ def parse_options(is_train: bool, argv=None) -> tuple[dict, argparse.Namespace]:
         opt["manual_seed"] = seed = random.randint(1, 10000)
     set_random_seed(seed + opt["rank"])
 
-    opt["auto_resume"] = args.auto_resume
+    opt["auto_resume"] = is_train and args.auto_resume
     opt["is_train"] = is_train
-    if args.debug and not opt["name"].startswith("debug"):
+    if is_train and args.debug and not opt["name"].startswith("debug"):
         opt["name"] = "debug_" + opt["name"]
 
     for phase, dataset in opt["datasets"].items():

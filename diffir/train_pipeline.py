@@ -1,19 +1,26 @@
 """The training loop behind ``train.py``: basicsr's pipeline, made device-agnostic and resumable.
 
-Differences from ``basicsr.train.train_pipeline``: datasets are checked before anything starts
-(clear errors for missing folders, mismatched pairs, wrong sizes, unreadable files); CPU and gloo
-DDP work; resuming loads training states on the model's device and never renames or archives the
-experiment folder; a run resumed mid-epoch continues that epoch's sample order where it stopped
-(:class:`ResumableSampler`); the deblurring progressive patch/batch schedule is applied to each batch.
+Differences from ``basicsr.train.train_pipeline``: options and datasets are checked before anything
+starts (clear errors for unknown keys, missing folders, mismatched pairs, wrong sizes, unreadable
+files); CPU and gloo DDP work; a running experiment holds a lock on its name, so a second run of the
+same name refuses instead of archiving the live folder; training states load with
+``weights_only=True`` (:mod:`diffir.training_state`), and ``--auto_resume`` skips damaged ones;
+resuming never renames or archives the experiment folder, compares the options with those the run
+was started with (applying new learning rates, schedule, total_iter, logging; refusing a changed
+network, data or batch size) and keeps every version of them (``options_<time>.yml``); a run resumed
+mid-epoch continues that epoch's sample order where it stopped (:class:`ResumableSampler`); the
+deblurring progressive patch/batch schedule is applied to each batch.
 """
 from __future__ import annotations
 
+import copy
 import datetime
 import itertools
 import logging
 import os
 import os.path as osp
 import time
+import warnings
 
 import torch
 from basicsr.data import build_dataloader, build_dataset
@@ -21,12 +28,15 @@ from basicsr.data.data_sampler import EnlargedSampler
 from basicsr.data.prefetch_dataloader import CPUPrefetcher, CUDAPrefetcher
 from basicsr.models import build_model
 from basicsr.utils import (AvgTimer, MessageLogger, get_env_info, get_root_logger, get_time_str, init_tb_logger,
-                           make_exp_dirs, scandir)
-from basicsr.utils.options import copy_opt_file, dict2str
+                           make_exp_dirs)
+from basicsr.utils.options import dict2str
 
 from .data.checks import check_dataset_options
 from .data.progressive import ProgressiveSchedule
+from .experiment import (ExperimentError, ExperimentLock, changes_learning_rate, previous_options,
+                         remove_partial_writes, resume_changes, save_options_version)
 from .options import close_distributed, parse_options
+from .training_state import newest_loadable_state, read_training_state
 
 
 class ResumableSampler(EnlargedSampler):
@@ -52,24 +62,74 @@ class ResumableSampler(EnlargedSampler):
         return self.num_samples - self.start
 
 
-def find_resume_state(opt: dict) -> str | None:
+def find_resume_state(opt: dict) -> tuple[str, dict, list[str]] | None:
+    """(file, state, damaged) to resume from: the newest state that loads with ``--auto_resume``
+    (``damaged``: the newer ones skipped, with the reason), else ``path.resume_state``; ``None`` for a
+    fresh run."""
     if opt["auto_resume"]:
-        folder = opt["path"]["training_states"]
-        if osp.isdir(folder):
-            states = [int(name[: -len(".state")]) for name in scandir(folder, suffix=".state")
-                      if name[: -len(".state")].isdigit()]
-            if states:
-                return osp.join(folder, f"{max(states)}.state")
-        return None
-    return opt["path"].get("resume_state")
+        return newest_loadable_state(opt["path"]["training_states"])
+    path = opt["path"].get("resume_state")
+    return None if path is None else (path, read_training_state(path), [])
 
 
-def load_resume_state(path: str | None):
-    if path is None:
+def check_resumed_options(user_opt: dict, resume_path: str) -> list[str] | None:
+    """Compare the options of a resumed run with those its experiment last ran with.
+
+    Raises :class:`ExperimentError` listing the differences a resume cannot take (network, data,
+    batch size, ...); returns those it applies (learning rates, schedule, total_iter, logging, ...),
+    ``None`` when the experiment kept no options to compare with (made by an older version).
+    """
+    previous = previous_options(osp.dirname(osp.dirname(osp.abspath(resume_path))))
+    if previous is None:
         return None
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"path.resume_state: no training state at {path}")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    applicable, refused = resume_changes(previous[1], user_opt)
+    if refused:
+        raise ExperimentError(f"cannot resume from {resume_path} with these options: they differ from those of the "
+                              f"run that made it ({previous[0]}) in ways a resumed run cannot follow:\n  "
+                              + "\n  ".join(refused) + "\nrestore them, or start a new experiment (another name)")
+    return applicable
+
+
+def apply_learning_rate_options(model, fresh: tuple[list, list], current_iter: int, warmup_iter: int) -> None:
+    """Make the learning rates those the current options give at ``current_iter``.
+
+    ``model.resume_training`` restores the optimisers' and schedulers' hyper-parameters as saved; this
+    puts back those built from the current options (``fresh``: parameter-group settings and scheduler
+    states taken before resuming) and replays the schedule up to ``current_iter``.
+    """
+    groups, schedulers = fresh
+    for optimizer, saved_groups in zip(model.optimizers, groups):
+        for group, saved in zip(optimizer.param_groups, saved_groups):
+            group.update(saved)
+    for scheduler, state in zip(model.schedulers, schedulers):
+        scheduler.load_state_dict(state)
+    with warnings.catch_warnings():  # torch warns of scheduler steps without optimiser steps: intended here
+        warnings.simplefilter("ignore", UserWarning)
+        for it in range(1, current_iter + 1):
+            model.update_learning_rate(it, warmup_iter=warmup_iter)
+
+
+def _hyper_parameters(model) -> tuple[list, list]:
+    groups = [[{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups]
+              for o in model.optimizers]
+    return groups, [copy.deepcopy(s.state_dict()) for s in model.schedulers]
+
+
+def take_experiment_lock(opt: dict) -> ExperimentLock | None:
+    """Rank 0 locks the experiment's name; every rank raises if that failed."""
+    lock, error = None, None
+    if opt["rank"] == 0:
+        try:
+            lock = ExperimentLock(osp.dirname(opt["path"]["experiments_root"]), opt["name"])
+        except ExperimentError as err:
+            error = str(err)
+    if opt["dist"]:
+        message = [error]
+        torch.distributed.broadcast_object_list(message, src=0)
+        error = message[0]
+    if error is not None:
+        raise ExperimentError(error)
+    return lock
 
 
 def create_dataloaders(opt: dict, logger):
@@ -117,16 +177,30 @@ def train_pipeline(argv=None) -> str:
     """Run training from the command line arguments; returns the experiment folder."""
     opt, args = parse_options(is_train=True, argv=argv)
     for dataset_opt in opt["datasets"].values():
-        check_dataset_options(dataset_opt)
+        check_dataset_options(dataset_opt, decode=True)  # a damaged image would stop the run hours in
+    lock = take_experiment_lock(opt)
+    try:
+        return _train(opt, args)
+    finally:
+        if lock is not None:
+            lock.release()
 
-    resume_path = find_resume_state(opt)
-    resume_state = load_resume_state(resume_path)
+
+def _train(opt: dict, args) -> str:
+    # the log file is opened once the folder exists: what happens before is logged after that
+    removed = remove_partial_writes(opt["path"]["experiments_root"]) if opt["rank"] == 0 else []
+    resume = find_resume_state(opt)
+    resume_path, resume_state, damaged = resume if resume is not None else (None, None, [])
+    changed = [] if resume is None else check_resumed_options(args.user_opt, resume_path)
+    if opt["dist"]:  # every rank has compared the options before rank 0 writes this run's version
+        torch.distributed.barrier()
     if resume_state is None and not opt["auto_resume"]:
         make_exp_dirs(opt)  # a fresh run archives an existing folder of the same name, as basicsr does
     elif opt["rank"] == 0:
         for key in ("experiments_root", "models", "training_states", "visualization"):
             os.makedirs(opt["path"][key], exist_ok=True)
-    copy_opt_file(args.opt, opt["path"]["experiments_root"])  # basicsr's: rank 0 only
+    if opt["rank"] == 0:  # every start keeps its options; none is overwritten
+        save_options_version(args.user_opt, opt["path"]["experiments_root"], get_time_str(), args.opt)
     if opt["dist"]:
         torch.distributed.barrier()
 
@@ -134,6 +208,15 @@ def train_pipeline(argv=None) -> str:
                              log_file=osp.join(opt["path"]["log"], f"train_{opt['name']}_{get_time_str()}.log"))
     logger.info(get_env_info())
     logger.info(dict2str(opt))
+    if removed:
+        logger.info(f"removed {len(removed)} partial file(s) of an interrupted save: {', '.join(removed)}")
+    for reason in damaged:
+        logger.warning(f"skipped a damaged training state: {reason}")
+    if changed is None:
+        logger.warning(f"the experiment of {resume_path} keeps no options_*.yml of its earlier runs: this run's "
+                       f"options cannot be compared with those the training state was made with")
+    elif changed:
+        logger.info("resumed with changed options (applied): " + "; ".join(changed))
     tb_logger = None
     if opt["logger"].get("use_tb_logger") and "debug" not in opt["name"] and opt["rank"] == 0:
         tb_logger = init_tb_logger(log_dir=osp.join(opt["root_path"], "tb_logger", opt["name"]))
@@ -145,8 +228,11 @@ def train_pipeline(argv=None) -> str:
     iters_per_epoch = len(train_loader)  # every epoch has this many: the loader drops incomplete batches
     start_epoch = current_iter = batches_done = 0
     if resume_state is not None:
+        fresh = _hyper_parameters(model)
         model.resume_training(resume_state)
         current_iter = resume_state["iter"]
+        if changed and changes_learning_rate(changed):
+            apply_learning_rate_options(model, fresh, current_iter, opt["train"].get("warmup_iter", -1))
         # where an uninterrupted run is after current_iter iterations; the data order continues from there
         start_epoch, batches_done = divmod(current_iter, iters_per_epoch)
         if not 0 <= current_iter - resume_state["epoch"] * iters_per_epoch <= iters_per_epoch:

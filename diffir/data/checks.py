@@ -11,10 +11,15 @@ an assertion that does not name it. :func:`check_dataset_options` finds them up 
 * image files that cannot be read, by name.
 
 Image sizes come from the file headers (PIL reads no pixel data), so a few thousand pairs take a
-second or two. A file whose header is fine but whose pixel data is truncated is not caught here.
+second or two. With ``decode=True`` (training: its training and validation sets) every image is also
+decoded once with OpenCV, basicsr's reader, so a file whose header is fine but whose pixel data is
+damaged stops the run before it starts rather than hours in. Images that decoded are remembered by
+path, size and modification time (:class:`DecodeCache`), so a restart decodes only new or changed files.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import os.path as osp
 from concurrent.futures import ThreadPoolExecutor
@@ -23,6 +28,9 @@ from typing import NoReturn
 import cv2
 from basicsr.utils import scandir
 from PIL import Image
+from tqdm import tqdm
+
+from ..utils.atomic import atomic_write_bytes
 
 MAX_LISTED = 5  # names quoted in one error message
 _HEADER_READERS = 8  # threads reading image headers (I/O bound)
@@ -32,18 +40,20 @@ class DatasetError(ValueError):
     """A dataset's options or files are unusable; the message says which and why."""
 
 
-def check_dataset_options(dataset_opt: dict, scale: int | None = None, phase: str | None = None) -> None:
+def check_dataset_options(dataset_opt: dict, scale: int | None = None, phase: str | None = None,
+                          decode: bool = False) -> None:
     """Raise :class:`DatasetError` if the dataset described by ``dataset_opt`` cannot be used.
 
     ``phase`` is 'train', 'val' or 'test' (the prefix of its key in ``opt['datasets']``). Both default
     to the dataset's ``phase`` and ``scale`` (else 1), which :func:`diffir.options.parse_options` sets.
-    Dataset types this module does not know are accepted without checks.
+    ``decode``: decode every image too (see the module's doc). Dataset types this module does not
+    know are accepted without checks.
     """
     checker = _CHECKERS.get(dataset_opt.get("type"))
     if checker is None:
         return
     scale = dataset_opt.get("scale", 1) if scale is None else scale
-    check = _Check(dataset_opt, int(scale), dataset_opt["phase"] if phase is None else phase)
+    check = _Check(dataset_opt, int(scale), dataset_opt["phase"] if phase is None else phase, decode)
     if (dataset_opt.get("io_backend") or {}).get("type") == "lmdb":
         check.lmdb_roots()
     else:
@@ -80,13 +90,62 @@ def _size_or_reason(path: str) -> tuple[int, int] | str:
         return str(err)
 
 
+def _decodes(path: str) -> bool:
+    return cv2.imread(path, cv2.IMREAD_UNCHANGED) is not None  # what basicsr's imfrombytes gets, from a file
+
+
+class DecodeCache:
+    """The images known to decode, by absolute path, as [size, mtime_ns]: a changed file is decoded again.
+
+    Kept in ``$XDG_CACHE_HOME/diffir/decoded_images.json`` (``~/.cache`` by default); a missing or
+    unreadable cache only means decoding again.
+    """
+
+    def __init__(self):
+        root = os.environ.get("XDG_CACHE_HOME") or osp.join(osp.expanduser("~"), ".cache")
+        self.path = osp.join(root, "diffir", "decoded_images.json")
+        try:
+            with open(self.path) as f:
+                self.known = json.load(f)
+        except (OSError, ValueError):
+            self.known = {}
+
+    @staticmethod
+    def stamp(path: str) -> list[int]:
+        st = os.stat(path)
+        return [st.st_size, st.st_mtime_ns]
+
+    def unchecked(self, paths: list[str]) -> list[str]:
+        return [p for p in paths if self.known.get(osp.abspath(p)) != self.stamp(p)]
+
+    def add(self, paths: list[str]) -> None:
+        # entries of files that are gone are dropped, so the cache does not grow with every folder ever checked
+        self.known = {p: stamp for p, stamp in self.known.items() if osp.exists(p)}
+        self.known.update({osp.abspath(p): self.stamp(p) for p in paths})
+        with contextlib.suppress(OSError):  # a read-only home: the next run decodes again
+            atomic_write_bytes(self.path, json.dumps(self.known).encode())
+
+
+def undecodable(paths: list[str]) -> list[str]:
+    """The images of ``paths`` that OpenCV cannot decode; those that decode are cached."""
+    cache = DecodeCache()
+    todo = cache.unchecked(paths)
+    with ThreadPoolExecutor(_HEADER_READERS) as pool:
+        results = list(tqdm(pool.map(_decodes, todo), total=len(todo), desc="decoding images once",
+                            unit="img", disable=len(todo) < 100, leave=False))
+    if todo:
+        cache.add([p for p, ok in zip(todo, results) if ok])
+    return [p for p, ok in zip(todo, results) if not ok]
+
+
 class _Check:
     """The checks for one dataset; every error names the dataset, the option and the path."""
 
-    def __init__(self, opt: dict, scale: int, phase: str):
+    def __init__(self, opt: dict, scale: int, phase: str, decode: bool = False):
         self.opt = opt
         self.scale = scale
         self.phase = phase
+        self.decode = decode
         self.label = f"dataset {opt.get('name', '?')!r} ({opt.get('type')}, {phase})"
 
     def fail(self, message: str) -> NoReturn:
@@ -151,6 +210,11 @@ class _Check:
         unreadable = [f"{path} ({size})" for path, size in zip(paths, sizes) if isinstance(size, str)]
         if unreadable:
             self.fail(f"cannot read {len(unreadable)} image file(s): {_listing(unreadable)}")
+        if self.decode:
+            damaged = undecodable(paths)
+            if damaged:
+                self.fail(f"{len(damaged)} image file(s) have a readable header but cannot be decoded (truncated or "
+                          f"damaged pixel data); replace or remove them: {_listing(damaged)}")
         return sizes
 
     def min_side(self, paths: list[str], size: int, what: str, sizes: list[tuple[int, int]] | None = None,

@@ -49,6 +49,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import CheckpointError, read_state_dict
 from ..data.degradation import RealESRGANDegradation
+from ..training_state import write_training_state
 from ..utils.atomic import atomic_torch_save
 from ..utils.compile import compile_network
 from ..utils.padding import crop_to, pad_to_multiple
@@ -58,6 +59,16 @@ from .lr_scheduler import CosineAnnealingRestartCyclicLR
 # what the top-level state-dict prefixes of the DiffIR networks are, for the partial-load log line
 PART_NAMES = {"G": "DIRformer", "E": "CPEN_S1", "condition": "CPEN_S2", "denoise": "denoiser",
               "diffusion": "noise schedule"}
+
+
+# what train.optim_*.type and train.scheduler.type can name (diffir.option_schema checks options against them)
+OPTIMIZERS = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
+SCHEDULERS = {
+    "MultiStepLR": basicsr_lr_scheduler.MultiStepRestartLR,
+    "MultiStepRestartLR": basicsr_lr_scheduler.MultiStepRestartLR,
+    "CosineAnnealingRestartLR": basicsr_lr_scheduler.CosineAnnealingRestartLR,
+    "CosineAnnealingRestartCyclicLR": CosineAnnealingRestartCyclicLR,
+}
 
 
 class NonFiniteLossError(RuntimeError):
@@ -219,10 +230,9 @@ class DiffIRBaseModel(SRModel):
         """Networks that training uses but does not train (stage two: the stage-one network)."""
 
     def get_optimizer(self, optim_type, params, lr, **kwargs):
-        optimizers = {"Adam": torch.optim.Adam, "AdamW": torch.optim.AdamW}
-        if optim_type not in optimizers:
-            raise ValueError(f"optimizer type {optim_type!r} is not supported; use one of {sorted(optimizers)}")
-        return optimizers[optim_type](params, lr, **kwargs)
+        if optim_type not in OPTIMIZERS:
+            raise ValueError(f"optimizer type {optim_type!r} is not supported; use one of {sorted(OPTIMIZERS)}")
+        return OPTIMIZERS[optim_type](params, lr, **kwargs)
 
     def setup_optimizers(self):
         """The generator's optimisers (:meth:`setup_generator_optimizers`), then the discriminator's."""
@@ -245,15 +255,10 @@ class DiffIRBaseModel(SRModel):
     def setup_schedulers(self):
         scheduler_opt = dict(self.opt["train"]["scheduler"])
         scheduler_type = scheduler_opt.pop("type")
-        classes = {
-            "MultiStepLR": basicsr_lr_scheduler.MultiStepRestartLR,
-            "MultiStepRestartLR": basicsr_lr_scheduler.MultiStepRestartLR,
-            "CosineAnnealingRestartLR": basicsr_lr_scheduler.CosineAnnealingRestartLR,
-            "CosineAnnealingRestartCyclicLR": CosineAnnealingRestartCyclicLR,
-        }
-        if scheduler_type not in classes:
-            raise ValueError(f"train.scheduler.type {scheduler_type!r} is not supported; use one of {sorted(classes)}")
-        self.schedulers = [classes[scheduler_type](optimizer, **scheduler_opt) for optimizer in self.optimizers]
+        if scheduler_type not in SCHEDULERS:
+            raise ValueError(f"train.scheduler.type {scheduler_type!r} is not supported; "
+                             f"use one of {sorted(SCHEDULERS)}")
+        self.schedulers = [SCHEDULERS[scheduler_type](optimizer, **scheduler_opt) for optimizer in self.optimizers]
 
     # ------------------------------------------------------------------ the training step
     def optimize_parameters(self, current_iter):
@@ -456,7 +461,7 @@ class DiffIRBaseModel(SRModel):
             "rng": rng_states(),
         }
         path = os.path.join(self.opt["path"]["training_states"], f"{current_iter}.state")
-        atomic_torch_save(state, path)
+        write_training_state(state, path)  # loadable with weights_only=True
         self.last_saved_state = path
 
     def resume_training(self, resume_state):
