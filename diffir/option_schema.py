@@ -17,6 +17,7 @@ import re
 from basicsr.utils.registry import ARCH_REGISTRY, DATASET_REGISTRY, LOSS_REGISTRY, METRIC_REGISTRY, MODEL_REGISTRY
 
 from .models.base import OPTIMIZERS, SCHEDULERS
+from .utils.safetensors_io import SAVE_FORMATS
 
 
 class OptionError(ValueError):
@@ -46,7 +47,8 @@ TRAIN = {
 }
 VAL = {"val_freq": INT, "save_img": BOOL, "suffix": ANY, "metrics": "metrics", "pbar": BOOL, "seed": INT,
        "window_size": INT, "fid": DICT, "num_val_samples": INT, "center_frame_only": BOOL, "flip_seq": BOOL}
-LOGGER = {"print_freq": INT, "save_checkpoint_freq": INT, "use_tb_logger": BOOL, "wandb": DICT}
+LOGGER = {"print_freq": INT, "save_checkpoint_freq": INT, "use_tb_logger": BOOL, "wandb": DICT,
+          "save_format": SAVE_FORMATS}
 PATH = {"resume_state": ANY, "ignore_resume_networks": ANY, "root": ANY, "experiments_root": ANY, "models": ANY,
         "training_states": ANY, "log": ANY, "visualization": ANY, "results_root": ANY}
 PATH_PATTERNS = (r"pretrain_network_\w+", r"param_key_\w+", r"strict_load_\w+")
@@ -104,6 +106,9 @@ class _Checker:
                     kind == INT and not float(value).is_integer()):
                 self.fail(at, f"expected {kind}, got {node[key]!r}")
             node[key] = int(value) if kind == INT else value
+        elif isinstance(kind, tuple):  # one of a few names
+            if value not in kind:
+                self.fail(at, f"expected one of {', '.join(kind)}, got {value!r}")
         elif kind in _PLAIN:
             if not isinstance(value, _PLAIN[kind]):
                 self.fail(at, f"expected {kind}, got {value!r}")

@@ -103,3 +103,10 @@ def test_test_parser_offers_no_training_flags(capsys):
         build_arg_parser(is_train=False).parse_args(["-opt", "x.yml", "--auto_resume"])
     assert "unrecognized arguments: --auto_resume" in capsys.readouterr().err
     assert build_arg_parser(is_train=True).parse_args(["-opt", "x.yml", "--auto_resume"]).auto_resume
+
+
+def test_logger_save_format_is_checked_up_front():
+    opt = {"name": "x", "model_type": "DiffIRS1Model", "logger": {"save_format": "safetensors"}}
+    validate_options(dict(opt), is_train=True, source="ok.yml")
+    with pytest.raises(OptionError, match=r"bad.yml: logger.save_format: expected one of pth, safetensors, got 'npz'"):
+        validate_options({**opt, "logger": {"save_format": "npz"}}, is_train=True, source="bad.yml")
