@@ -18,9 +18,8 @@ import math
 import torch
 import torch.nn as nn
 
-from .cpen import N_FEATS
+from .cpen import IPR_DIM
 
-IPR_DIM = 4 * N_FEATS
 SCHEDULE_BUFFERS = (
     "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
     "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
@@ -119,6 +118,12 @@ class IPRDiffusion(nn.Module):
             iprs.append(x_t)
         return iprs
 
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The IPR estimate for the condition ``cond``: all reverse steps from the initial ``noise``."""
+        if noise.shape != cond.shape:
+            raise ValueError(f"noise must have shape {tuple(cond.shape)}, got {tuple(noise.shape)}")
+        return self.reverse(noise.to(cond), cond)[-1]
+
     def forward(self, lq: torch.Tensor, ipr_s1: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None):
         """Training mode: ``(ipr, [ipr after each step])`` starting from the noised ``ipr_s1``.
@@ -136,7 +141,4 @@ class IPRDiffusion(nn.Module):
         if noise is None:
             # drawn first, in the default dtype, before CPEN_S2 runs: the official RNG order
             noise = torch.randn((batch, IPR_DIM), device=lq.device, generator=generator)
-        elif noise.shape != (batch, IPR_DIM):
-            raise ValueError(f"noise must have shape ({batch}, {IPR_DIM}), got {tuple(noise.shape)}")
-        cond = self.condition(lq)
-        return self.reverse(noise.to(cond), cond)[-1]
+        return self.sample(self.condition(lq), noise)
