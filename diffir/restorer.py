@@ -33,7 +33,6 @@ import dataclasses
 import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
 from pathlib import Path
 
 import cv2
@@ -48,9 +47,10 @@ from .image_io import ImageLayout, hole_mask, merge_image, split_image
 from .inpainting import composite, prepare_inpainting_input
 from .utils.compile import compile_network
 from .utils.padding import pad_to_multiple
+from .utils.precision import autocast_context, precision_name
 from .zoo import find_model, network_options
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+_ROWS_PER_WRITE = 64  # output rows a tiled run hands over at a time
 
 
 class NonFiniteOutputError(ValueError):
@@ -151,8 +151,7 @@ class Restorer:
         if not isinstance(net, DiffIRS2):
             raise TypeError(f"Restorer needs a stage-two network (DiffIRS2), got {type(net).__name__}; "
                             "stage one (DiffIRS1) needs the ground truth and cannot restore on its own")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        precision = precision_name(precision)
         self.device = resolve_device(device)
         self.net = compile_network(net.eval().to(self.device), compile)
         self.precision = precision
@@ -299,13 +298,12 @@ class Restorer:
                 band = composite(band, lq[..., rows, :], mask[..., rows, :])
             write(top, band)
 
-        dtype = PRECISIONS[self.precision]
-        if dtype is not None:
-            if self._run_bands(padded, noise, write_cropped, progress, dtype):
+        if self.precision != "fp32":
+            if self._run_bands(padded, noise, write_cropped, progress, self.precision):
                 return
             self.fp32_fallbacks += 1
             warnings.warn(f"{self.precision} gave NaN/inf values; this image was restored again in fp32")
-        if not self._run_bands(padded, noise, write_cropped, progress, None):
+        if not self._run_bands(padded, noise, write_cropped, progress, "fp32"):
             raise NonFiniteOutputError(self._non_finite_cause(lq))
 
     def _non_finite_cause(self, lq: torch.Tensor) -> str:
@@ -321,11 +319,11 @@ class Restorer:
         return self.tile is not None and max(x.shape[-2:]) > self.tile
 
     def _run_bands(self, x: torch.Tensor, noise: torch.Tensor, write: Callable[[int, torch.Tensor], None],
-                   progress: Callable[[int, int], None] | None, dtype: torch.dtype | None) -> bool:
-        """One run over the padded input ``x`` (autocast to ``dtype`` unless None): finished output rows go
-        to ``write``. False, at the first band with NaN/inf, which is not written."""
+                   progress: Callable[[int, int], None] | None, precision: str) -> bool:
+        """One run over the padded input ``x`` in ``precision``: finished output rows go to ``write``.
+        False, at the first band with NaN/inf, which is not written."""
         def autocast():
-            return nullcontext() if dtype is None else torch.autocast(self.device.type, dtype=dtype)
+            return autocast_context(self.device.type, precision)
 
         with autocast():
             ipr = self.net.estimate_ipr(x, noise, self.tile if self._needs_tiles(x) else None)
@@ -379,7 +377,10 @@ class Restorer:
                 done += 1
                 progress(done, total)
             finished = (row_starts[i + 1] - y0) * s if i + 1 < len(row_starts) else tile_h * s
-            yield y0 * s, out[..., :finished, :] / weight[..., :finished, :]
+            # in slices of rows, so that converting them to the output's dtype needs little float memory
+            for top in range(0, finished, _ROWS_PER_WRITE):
+                rows = slice(top, min(top + _ROWS_PER_WRITE, finished))
+                yield y0 * s + top, out[..., rows, :] / weight[..., rows, :]
 
 
 def _layout_at(layout: ImageLayout, size: tuple[int, int]) -> ImageLayout:

@@ -17,8 +17,6 @@ frozen), so both terms do send gradients to the restoration network; only the z 
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
@@ -26,6 +24,7 @@ from torch import nn
 
 from ..archs.prior_unet_arch import OFFICIAL_PRIOR, build_prior
 from ..schedules import ForwardDiffusion
+from ..utils.precision import ALIASES, PRECISIONS, autocast_context, precision_name
 
 # guided-diffusion's create_model arguments for 256x256_diffusion_uncond.pt, the paper's prior
 OFFICIAL_PRIOR_OPT = dict(
@@ -34,8 +33,6 @@ OFFICIAL_PRIOR_OPT = dict(
     num_heads_upsample=-1, use_scale_shift_norm=True, dropout=0.0, resblock_updown=True, use_fp16=True,
     use_new_attention_order=False)
 
-PRECISIONS = {None: None, "fp32": "fp32", "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-              "fp16": torch.float16, "float16": torch.float16}
 FITS = ("resize", "random_crop", "none")
 
 
@@ -75,8 +72,8 @@ class DiffLoss(nn.Module):
                              f"{OFFICIAL_PRIOR}. (allow_random_prior: true runs with random weights, for tests only)")
         if fit not in FITS:
             raise ValueError(f"DiffLoss fit must be one of {FITS}, got {fit!r}")
-        if autocast_dtype not in PRECISIONS:
-            raise ValueError(f"DiffLoss autocast_dtype must be one of {sorted(k for k in PRECISIONS if k)} or ~, "
+        if autocast_dtype is not None and ALIASES.get(autocast_dtype, autocast_dtype) not in PRECISIONS:
+            raise ValueError(f"DiffLoss autocast_dtype must be one of {sorted(PRECISIONS) + sorted(ALIASES)} or ~, "
                              f"got {autocast_dtype!r}")
         low, high = (0, num_timesteps) if t_range is None else (int(t_range[0]), int(t_range[1]))
         if not 0 <= low < high <= num_timesteps:
@@ -104,7 +101,7 @@ class DiffLoss(nn.Module):
         self.input_range = (float(input_range[0]), float(input_range[1]))
         self.range_checked = False
         self.fit = fit
-        self.precision = PRECISIONS[autocast_dtype]
+        self.precision = None if autocast_dtype is None else precision_name(autocast_dtype)
         self.checkpoint = checkpoint
 
     def train(self, mode: bool = True):
@@ -163,11 +160,7 @@ class DiffLoss(nn.Module):
         return pred[window], target[window]
 
     def _precision_context(self, device: torch.device):
-        if self.precision is None:
-            return nullcontext()
-        if self.precision == "fp32":
-            return torch.autocast(device.type, enabled=False)
-        return torch.autocast(device.type, dtype=self.precision)
+        return autocast_context(device.type, self.precision)
 
     # ------------------------------------------------------------------ loss
     def terms(self, pred: torch.Tensor, target: torch.Tensor, t=None, noise=None) -> dict[str, torch.Tensor]:
