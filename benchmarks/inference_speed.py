@@ -33,7 +33,7 @@ import time
 import diffir  # noqa: F401  (before basicsr: installs the torchvision alias basicsr needs)
 import torch
 
-from diffir.benchmark.metrics import tensor_psnr
+from diffir.metrics import tensor_psnr
 from diffir.checkpoint import build_network
 from diffir.inpainting import prepare_inpainting_input
 from diffir.restorer import Restorer, initial_noise
