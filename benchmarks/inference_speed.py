@@ -34,7 +34,7 @@ import diffir  # noqa: F401  (before basicsr: installs the torchvision alias bas
 import torch
 
 from diffir.archs.detect import build_network
-from diffir.benchmark.metrics import tensor_psnr
+from diffir.metrics import tensor_psnr
 from diffir.inpainting import prepare_inpainting_input
 from diffir.restorer import Restorer, initial_noise
 from diffir.zoo import PRESETS
@@ -148,9 +148,9 @@ def run_device(args, device: str) -> list[dict]:
         net_input = image if mask is None else prepare_inpainting_input(image, mask)
         net_input, device_noise = net_input.to(restorer.device), noise.to(restorer.device)
         with torch.no_grad():
-            ipr = restorer.ipr(net_input, device_noise)
-            ipr_time = timed(lambda: restorer.ipr(net_input, device_noise), restorer.device, args.repeats)
-            g_time = timed(lambda: restorer.net.G(net_input, ipr), restorer.device, args.repeats)
+            ipr = restorer.net.estimate_ipr(net_input, device_noise)
+            ipr_time = timed(lambda: restorer.net.estimate_ipr(net_input, device_noise), restorer.device, args.repeats)
+            g_time = timed(lambda: restorer.net.restore_with_ipr(net_input, ipr), restorer.device, args.repeats)
         untiled_mb = peak_memory_mb(args, device, size, None)
         tiled_mb = peak_memory_mb(args, device, size, args.tile)
         untiled_out = restorer.restore_tensor(image, mask, noise).cpu()

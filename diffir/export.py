@@ -47,8 +47,11 @@ class ExportableStageTwo(nn.Module):
                        mode="reflect")
         if self.fixed_noise:
             noise = self.noise.expand(lq.shape[0], -1)
-        ipr = self.net.diffusion(padded, noise=noise)
-        return crop_to(self.net.G(padded, ipr), (height, width), scale)
+        elif noise is None:
+            raise ValueError("this export takes the IPR diffusion's initial noise (B, 256) as its second input; "
+                             "give noise=, or build it with seed= to bake the noise in")
+        ipr = self.net.estimate_ipr(padded, noise)
+        return crop_to(self.net.restore_with_ipr(padded, ipr), (height, width), scale)
 
 
 def export_onnx(net: DiffIRS2, path: str | os.PathLike, seed: int | None = None, example_size: int = 32,

@@ -13,6 +13,8 @@ moved over the target with ``os.replace``. A reader never sees a half-written im
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,6 +145,33 @@ def hole_mask(mask: np.ndarray) -> np.ndarray:
 def read_mask(path: str | os.PathLike) -> np.ndarray:
     """An inpainting mask as a boolean (H, W) array: True (white, above half the maximum) marks a hole."""
     return hole_mask(read_image(path))
+
+
+def is_mask_name(path: str | os.PathLike) -> bool:
+    """A file named as a mask of another image (``NAME_mask*.*``, LaMa's evaluation folders)."""
+    return "_mask" in Path(path).stem
+
+
+def mask_lookup(mask_files: list[Path]) -> Callable[[Path], Path | None]:
+    """``find(image)``: the mask of an image among ``mask_files`` (image files of one folder, in name order).
+
+    The rule: the first ``image.stem + "_mask*"`` in name order, else the first ``image.stem + ".*"``
+    unless that folder is the image's own (an image is never its own mask), else None.
+    """
+    by_prefix, by_stem = {}, {}
+    for path in mask_files:  # in name order, so setdefault keeps the first match
+        by_stem.setdefault(path.stem, path)
+        # "_mask" cannot overlap itself, so its matches are all the places a NAME + "_mask" prefix can end
+        for match in re.finditer("_mask", path.stem):
+            by_prefix.setdefault(path.stem[:match.start()], path)
+
+    def find(image: Path) -> Path | None:
+        if image.stem in by_prefix:
+            return by_prefix[image.stem]
+        same_name = by_stem.get(image.stem)
+        return same_name if same_name is not None and same_name.parent != image.parent else None
+
+    return find
 
 
 @dataclass

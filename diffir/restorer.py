@@ -9,46 +9,54 @@ What it takes care of:
 * **Any size.** The input is reflect-padded to the network's size multiple and the output cropped
   back, so odd and tiny images come back at exactly ``scale`` times their size.
 * **Large images, bounded memory** (``tile=``). The IPR is one global 256-d vector per image: it is
-  computed once, from the whole image, and shared by every tile, so tiles cannot disagree in style.
-  CPEN_S2 ends in global average pooling, so its convolutions are run tile by tile with a halo as wide
-  as their receptive field and their pooled sums are added up: the same condition vector as the
-  untiled run (up to float summation order), with memory bounded by the tile. The DIRformer then runs
-  per tile, and overlapping tiles are blended with linear ramps. DIRformer's transposed attention
-  pools over all pixels of its input (C x C maps), so a tile is not exactly the corresponding part
-  of the untiled output; the larger the tile, the smaller the difference (measured in
-  tests/test_inference.py and benchmarks/inference_speed.py).
+  computed once, from the whole image, and shared by every tile, so tiles cannot disagree in style
+  (``DiffIRS2.estimate_ipr(..., tile=)``: CPEN_S2's convolutions run tile by tile, the same vector up
+  to float summation order). The DIRformer then runs per tile (``DiffIRS2.restore_with_ipr``), and
+  overlapping tiles are blended with linear ramps one row of tiles at a time: finished output rows go
+  straight into the result array in its final dtype, so only one band of tile rows is held in float.
+  DIRformer's transposed attention pools over all pixels of its input (C x C maps), so a tile is not
+  exactly the corresponding part of the untiled output; the larger the tile, the smaller the
+  difference (measured in tests/test_inference.py and benchmarks/inference_speed.py).
+  ``progress(done, total)`` is called after each DIRformer tile (once with (1, 1) untiled).
 * **Reproducible sampling.** ``seed`` fixes the initial noise of the IPR diffusion, drawn on the CPU
   so that a seed gives the same noise on every device; one seed gives every image of a batch the
   noise it would get alone.
 * **Reduced precision.** ``precision='fp16'`` / ``'bf16'`` runs under autocast; an image whose result
   has NaN or inf is run again in fp32 with the rest of its batch (``fp32_fallbacks`` counts batches).
+  Non-finite output in fp32 raises :class:`NonFiniteOutputError`, naming the cause (weights or image).
 * **Fidelity <-> perception.** ``from_pretrained(a, model2=b, blend=alpha)`` interpolates the
   weights of two checkpoints of one architecture (e.g. the L1- and the GAN-trained stage two).
 """
 from __future__ import annotations
 
+import dataclasses
 import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-from .archs.detect import network_for_state_dict
+from .archs.cpen import IPR_DIM
 from .archs.diffir_arch import DiffIRS2
-from .archs.ipr_diffusion import IPR_DIM
+from .archs.detect import network_for_state_dict
 from .checkpoint import blend_state_dicts, read_state_dict
-from .image_io import hole_mask, merge_image, split_image
+from .image_io import ImageLayout, hole_mask, merge_image, split_image
 from .inpainting import composite, prepare_inpainting_input
 from .utils.compile import compile_network
-from .utils.padding import crop_to, pad_to_multiple
+from .utils.padding import pad_to_multiple
+from .utils.precision import autocast_context, precision_name
 from .utils.safetensors_io import recorded_network_options
 from .zoo import find_model, network_options
 
-PRECISIONS = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+_ROWS_PER_WRITE = 64  # output rows a tiled run hands over at a time
+
+
+class NonFiniteOutputError(ValueError):
+    """The restored image has NaN/inf values even in fp32; the message says whether the weights or the image."""
 
 
 # inference.py's --task names and the network task each one runs
@@ -145,8 +153,7 @@ class Restorer:
         if not isinstance(net, DiffIRS2):
             raise TypeError(f"Restorer needs a stage-two network (DiffIRS2), got {type(net).__name__}; "
                             "stage one (DiffIRS1) needs the ground truth and cannot restore on its own")
-        if precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+        precision = precision_name(precision)
         self.device = resolve_device(device)
         self.net = compile_network(net.eval().to(self.device), compile)
         self.precision = precision
@@ -168,8 +175,7 @@ class Restorer:
 
         ``options``: network options as a dict, an option YAML with ``network_g``, or a preset name;
         by default the zoo entry's configuration, else those recorded in a diffir ``.safetensors``
-        file, else inferred from the weights. ``model2`` and
-        ``blend``: interpolate the weights, ``(1 - blend) * model + blend * model2``.
+        file, else inferred from the weights. ``model2`` and ``blend``: interpolate the weights, ``(1 - blend) * model + blend * model2``.
         """
         path, entry = find_model(model)
         if options is None and entry is not None:
@@ -209,31 +215,67 @@ class Restorer:
     def restore_batch(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None,
                       seed: int | Sequence[int] | None = None,
                       progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
-        """Restore same-sized images in one forward pass (``seed``: one for all, or one per image)."""
+        """Restore same-sized images in one forward pass (``seed``: one for all, or one per image).
+
+        Finished output rows are written straight into the result arrays, in their final dtype: a
+        tiled run holds only one band of tile rows in float.
+        """
         split = [split_image(image) for image in images]
         sizes = {rgb.shape[:2] for rgb, _ in split}
         if len(sizes) != 1:
             raise ValueError(f"a batch needs images of one size, got sizes {sorted(sizes)}")
         lq = torch.from_numpy(np.stack([rgb for rgb, _ in split])).permute(0, 3, 1, 2)
+        layouts = [layout for _, layout in split]
+        del split  # the float RGB copies: lq holds them now
         mask = None
         if masks is not None:
             if len(masks) != len(images):
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
             mask = torch.from_numpy(np.stack([mask_to_array(m, lq.shape[-2:]) for m in masks]))[:, None]
-        out = self.restore_tensor(lq, mask, initial_noise(len(images), seed), progress)
-        out = out.clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-        return [merge_image(rgb, layout) for rgb, (_, layout) in zip(out, split)]
+        out_size = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
+        layouts = [_layout_at(layout, out_size) for layout in layouts]
+        outputs: list[np.ndarray | None] = [None] * len(images)
+
+        def write(top: int, band: torch.Tensor) -> None:
+            band = band.clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+            rows = slice(top, top + band.shape[1])
+            for i, (rgb, layout) in enumerate(zip(band, layouts)):
+                alpha = None if layout.alpha is None else layout.alpha[rows]
+                merged = merge_image(rgb, dataclasses.replace(layout, alpha=alpha))
+                if outputs[i] is None:
+                    outputs[i] = np.empty(out_size + merged.shape[2:], merged.dtype)
+                outputs[i][rows] = merged
+
+        self._restore_rows(lq, mask, initial_noise(len(images), seed), write, progress)
+        return outputs
 
     # ----------------------------------------------------------------------- tensors
     @torch.no_grad()
-    def restore_tensor(self, lq: torch.Tensor, mask: torch.Tensor | None = None,
-                       noise: torch.Tensor | None = None,
+    def restore_tensor(self, lq: torch.Tensor, mask: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                        progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Restore a (B, 3, H, W) batch in [0, 1]; returns (B, 3, H*scale, W*scale), unclamped, float32.
 
         ``mask`` (B, 1, H, W), 1 = hole, is required for inpainting; ``noise`` (B, 256) is the
-        diffusion's initial noise (default: a fresh draw). ``progress(done, total)`` is called after
-        each DIRformer tile (once, with (1, 1), when untiled).
+        diffusion's initial noise (default: a fresh draw).
+        """
+        out = None
+
+        def write(top: int, band: torch.Tensor) -> None:
+            nonlocal out
+            if out is None:
+                out = band.new_empty(*band.shape[:2], lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
+            out[..., top:top + band.shape[-2], :] = band
+
+        self._restore_rows(lq, mask, noise, write, progress)
+        return out
+
+    @torch.no_grad()
+    def _restore_rows(self, lq: torch.Tensor, mask: torch.Tensor | None, noise: torch.Tensor | None,
+                      write: Callable[[int, torch.Tensor], None], progress: Callable[[int, int], None] | None):
+        """Restore ``lq`` and hand its output to ``write(top row, float32 rows)``, top to bottom, band by band.
+
+        Reduced precision: a band with NaN/inf restarts the image in fp32 (its rows are written again).
+        Non-finite output in fp32 raises :class:`NonFiniteOutputError`.
         """
         lq = lq.to(self.device, torch.float32)
         if noise is None:
@@ -248,91 +290,106 @@ class Restorer:
             if mask is not None:
                 raise ValueError(f"a mask was given but the model does {self.task}, not inpainting")
             net_input = lq
-        padded, size = pad_to_multiple(net_input, self.size_multiple)
-        out = crop_to(self._run(padded, noise, progress), size, self.scale)
-        return composite(out, lq, mask) if self.task == "inpaint" else out
+        padded, (height, width) = pad_to_multiple(net_input, self.size_multiple)
+        s = self.scale
 
-    def _run(self, x: torch.Tensor, noise: torch.Tensor, progress=None) -> torch.Tensor:
-        dtype = PRECISIONS[self.precision]
-        if dtype is None:
-            return self._forward(x, noise, progress)
-        with torch.autocast(self.device.type, dtype=dtype):
-            out = self._forward(x, noise, progress)  # _forward returns float32
-        if torch.isfinite(out).all():
-            return out
-        self.fp32_fallbacks += 1
-        warnings.warn(f"{self.precision} gave NaN/inf values; this image was restored again in fp32")
-        return self._forward(x, noise, progress)
+        def write_cropped(top: int, band: torch.Tensor) -> None:
+            band = band[..., :max(0, height * s - top), :width * s]
+            if band.shape[-2] == 0:
+                return
+            if self.task == "inpaint":
+                rows = slice(top, top + band.shape[-2])
+                band = composite(band, lq[..., rows, :], mask[..., rows, :])
+            write(top, band)
+
+        if self.precision != "fp32":
+            if self._run_bands(padded, noise, write_cropped, progress, self.precision):
+                return
+            self.fp32_fallbacks += 1
+            warnings.warn(f"{self.precision} gave NaN/inf values; this image was restored again in fp32")
+        if not self._run_bands(padded, noise, write_cropped, progress, "fp32"):
+            raise NonFiniteOutputError(self._non_finite_cause(lq))
+
+    def _non_finite_cause(self, lq: torch.Tensor) -> str:
+        if not torch.isfinite(lq).all():
+            return "the input image has NaN/inf pixel values"
+        for name, tensor in self.net.state_dict().items():
+            if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+                return (f"the restored image has NaN/inf values: the network's weights are not finite "
+                        f"(first: {name}); the checkpoint is broken")
+        return "the restored image has NaN/inf values in fp32 (the network overflowed on this image)"
 
     def _needs_tiles(self, x: torch.Tensor) -> bool:
         return self.tile is not None and max(x.shape[-2:]) > self.tile
 
-    def _forward(self, x: torch.Tensor, noise: torch.Tensor, progress=None) -> torch.Tensor:
-        ipr = self.ipr(x, noise)
-        if not self._needs_tiles(x):
-            # a copy: with CUDA graphs (compile mode 'reduce-overhead') the next run reuses the output memory
-            out = self.net.G(x, ipr).to(torch.float32, copy=True)
-            if progress is not None:
-                progress(1, 1)
-            return out
-        return self._tiled_dirformer(x, ipr, progress)
+    def _run_bands(self, x: torch.Tensor, noise: torch.Tensor, write: Callable[[int, torch.Tensor], None],
+                   progress: Callable[[int, int], None] | None, precision: str) -> bool:
+        """One run over the padded input ``x`` in ``precision``: finished output rows go to ``write``.
+        False, at the first band with NaN/inf, which is not written."""
+        def autocast():
+            return autocast_context(self.device.type, precision)
 
-    # ----------------------------------------------------------------------- IPR
-    @torch.no_grad()
-    def ipr(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The IPR of a padded network input: CPEN_S2's condition, then the reverse diffusion."""
-        cond = self.condition(x)
-        return self.net.diffusion.reverse(noise.to(cond.dtype), cond)[-1]
-
-    @torch.no_grad()
-    def condition(self, x: torch.Tensor) -> torch.Tensor:
-        """CPEN_S2's condition vector of the whole input; tiled (same value) when tiles are in use."""
-        cpen = self.net.condition
-        if not self._needs_tiles(x):
-            return cpen(x)
-        features, pool = cpen.E[:-1], cpen.E[-1]
-        if not isinstance(pool, nn.AdaptiveAvgPool2d):
-            raise TypeError("tiled CPEN needs CPEN.E to end with global average pooling")
-        halo = sum(m.kernel_size[0] // 2 for m in features.modules() if isinstance(m, nn.Conv2d))
-        x = F.pixel_unshuffle(x, cpen.lq_unshuffle) if cpen.lq_unshuffle > 1 else x
-        height, width = x.shape[-2:]
-        tile = max(1, self.tile // cpen.lq_unshuffle)
-        total = None
-        for y0 in range(0, height, tile):
-            for x0 in range(0, width, tile):
-                y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
-                top, left = max(0, y0 - halo), max(0, x0 - halo)
-                region = x[..., top:min(height, y1 + halo), left:min(width, x1 + halo)]
-                inner = features(region)[..., y0 - top:y1 - top, x0 - left:x1 - left]
-                part = inner.float().sum(dim=(2, 3))
-                total = part if total is None else total + part
-        pooled = (total / (height * width)).to(x.dtype)
-        return cpen.mlp(pooled)
+        with autocast():
+            ipr = self.net.estimate_ipr(x, noise, self.tile if self._needs_tiles(x) else None)
+        for top, band in self._bands(x, ipr, autocast, progress or (lambda done, total: None)):
+            if not torch.isfinite(band).all():
+                return False
+            write(top, band)
+        return True
 
     # ----------------------------------------------------------------------- tiles
-    def _tiled_dirformer(self, x: torch.Tensor, ipr: torch.Tensor, progress=None) -> torch.Tensor:
+    def _bands(self, x: torch.Tensor, ipr: torch.Tensor, autocast, progress: Callable[[int, int], None]):
+        """Yield ``(top row, float32 output rows)`` of the padded input ``x``, top to bottom.
+
+        Untiled: one band, the whole output. Tiled: overlapping tiles are blended with linear ramps,
+        one row of tiles at a time; the rows no later tile reaches are yielded and only the rows shared
+        with the next tile row are kept (the same sums, in the same order, as blending the whole canvas).
+        """
+        if not self._needs_tiles(x):
+            with autocast():
+                # a copy: with CUDA graphs (compile mode 'reduce-overhead') the next run reuses the output memory
+                out = self.net.restore_with_ipr(x, ipr).to(torch.float32, copy=True)
+            progress(1, 1)
+            yield 0, out
+            return
         height, width = x.shape[-2:]
         s = self.scale
         tile_h, tile_w = min(self.tile, height), min(self.tile, width)
         ramp = self.tile_overlap * s
+        row_starts = tile_starts(height, tile_h, self.tile_overlap)
         # a tile's blending window is (row weights) x (column weights): one of each per tile row / column
-        row_windows = [(y0, _ramp_window(tile_h * s, ramp, y0 > 0, y0 + tile_h < height).to(x.device)[:, None])
-                       for y0 in tile_starts(height, tile_h, self.tile_overlap)]
         col_windows = [(x0, _ramp_window(tile_w * s, ramp, x0 > 0, x0 + tile_w < width).to(x.device)[None, :])
                        for x0 in tile_starts(width, tile_w, self.tile_overlap)]
-        out = weight = None
-        done, total = 0, len(row_windows) * len(col_windows)
-        for y0, row_window in row_windows:
+        total, done = len(row_starts) * len(col_windows), 0
+        out = weight = None  # the current band of output rows [top, top + tile_h * s), and its blending weights
+        for i, y0 in enumerate(row_starts):
+            row_window = _ramp_window(tile_h * s, ramp, y0 > 0, y0 + tile_h < height).to(x.device)[:, None]
+            band = x.new_zeros(x.shape[0], self.net.out_channels, tile_h * s, width * s)
+            band_weight = x.new_zeros(1, 1, tile_h * s, width * s)
+            kept = 0 if out is None else out.shape[-2] - (y0 - row_starts[i - 1]) * s
+            if kept > 0:  # the rows the previous band shares with this one
+                band[..., :kept, :] = out[..., -kept:, :]
+                band_weight[..., :kept, :] = weight[..., -kept:, :]
+            out, weight = band, band_weight
             for x0, col_window in col_windows:
-                piece = self.net.G(x[..., y0:y0 + tile_h, x0:x0 + tile_w], ipr).float()
-                if out is None:
-                    out = piece.new_zeros(piece.shape[0], piece.shape[1], height * s, width * s)
-                    weight = piece.new_zeros(1, 1, height * s, width * s)
+                with autocast():
+                    piece = self.net.restore_with_ipr(x[..., y0:y0 + tile_h, x0:x0 + tile_w], ipr).float()
                 window = row_window * col_window
-                rows, cols = slice(y0 * s, (y0 + tile_h) * s), slice(x0 * s, (x0 + tile_w) * s)
-                out[..., rows, cols] += piece * window
-                weight[..., rows, cols] += window
+                cols = slice(x0 * s, (x0 + tile_w) * s)
+                out[..., cols] += piece * window
+                weight[..., cols] += window
                 done += 1
-                if progress is not None:
-                    progress(done, total)
-        return out / weight
+                progress(done, total)
+            finished = (row_starts[i + 1] - y0) * s if i + 1 < len(row_starts) else tile_h * s
+            # in slices of rows, so that converting them to the output's dtype needs little float memory
+            for top in range(0, finished, _ROWS_PER_WRITE):
+                rows = slice(top, min(top + _ROWS_PER_WRITE, finished))
+                yield y0 * s + top, out[..., rows, :] / weight[..., rows, :]
+
+
+def _layout_at(layout: ImageLayout, size: tuple[int, int]) -> ImageLayout:
+    """``layout`` with its alpha channel resized to the output ``size``, as :func:`merge_image` resizes it."""
+    alpha = layout.alpha
+    if alpha is None or alpha.shape == tuple(size):
+        return layout
+    return dataclasses.replace(layout, alpha=cv2.resize(alpha, (size[1], size[0]), interpolation=cv2.INTER_CUBIC))

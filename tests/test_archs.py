@@ -100,6 +100,25 @@ def test_state_dict_round_trip_and_seeded_inference(variant, tmp_path):
     assert not torch.equal(first, different)
 
 
+@pytest.mark.parametrize("variant", ["sr_x2", "inpaint"])
+def test_eval_forward_is_restore_with_ipr_of_estimate_ipr(variant):
+    """The public inference steps are the forward: noise drawn first, then CPEN_S2 + diffusion, then G."""
+    s2 = tiny(DiffIRS2, variant).eval()
+    lq, _ = inputs(s2, 64, 96)
+    with torch.no_grad():
+        torch.manual_seed(5)
+        forward = s2(lq)
+        torch.manual_seed(5)
+        noise = torch.randn(2, 256)
+        ipr = s2.estimate_ipr(lq, noise)
+        steps = s2.restore_with_ipr(lq, ipr)
+        tiled_ipr = s2.estimate_ipr(lq, noise, tile=32)  # CPEN_S2 on 32-pixel tiles, halo included
+    assert torch.equal(forward, steps)
+    assert torch.allclose(tiled_ipr, ipr, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="noise must have shape"):
+        s2.estimate_ipr(lq, noise[:1])
+
+
 def test_head_semantics_of_each_task():
     """The residual each official head adds, isolated by zeroing the last conv."""
     with torch.no_grad():

@@ -21,8 +21,8 @@ from diffir import DiffIRS1, DiffIRS2
 from diffir.archs.detect import infer_network_options, network_for_state_dict
 from diffir.checkpoint import CheckpointError, blend_state_dicts, read_state_dict
 from diffir.cli import build_parser, main as inference_main, mask_finder
-from diffir.image_io import ImageReadError, read_image, read_mask, split_image, write_image
-from diffir.restorer import Restorer, initial_noise, mask_to_array
+from diffir.image_io import ImageReadError, merge_image, read_image, read_mask, split_image, write_image
+from diffir.restorer import NonFiniteOutputError, Restorer, _ramp_window, initial_noise, mask_to_array, tile_starts
 from diffir.utils import crop_to, pad_to_multiple
 from diffir.zoo import ZOO, ModelNotFoundError, find_model, network_options, resolve
 
@@ -177,15 +177,75 @@ def test_tiled_output_matches_untiled():
     net = tiny_net()
     whole = Restorer(net, device="cpu")
     tiled = Restorer(net, device="cpu", tile=32, tile_overlap=8)
-    x = torch.from_numpy(image).permute(2, 0, 1)[None]
-    cond_whole, cond_tiled = whole.condition(x), tiled.condition(x)
+    x, noise = torch.from_numpy(image).permute(2, 0, 1)[None], initial_noise(1, 0)
+    with torch.no_grad():
+        cond_whole, cond_tiled = net.condition(x), net.condition.forward_tiled(x, 32)
+        ipr_whole, ipr_tiled = net.estimate_ipr(x, noise), net.estimate_ipr(x, noise, tile=32)
     assert torch.allclose(cond_tiled, cond_whole, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(cond_tiled, cond_whole)  # the tiled path did run
+    assert torch.allclose(ipr_tiled, ipr_whole, rtol=1e-5, atol=1e-6)
 
     reference = whole.restore(image, seed=0)
     blended = psnr(tiled.restore(image, seed=0), reference)
     seams = psnr(Restorer(net, device="cpu", tile=32, tile_overlap=0).restore(image, seed=0), reference)
     assert blended > 50
     assert seams < blended - 6
+
+
+def whole_canvas_blend(net: DiffIRS2, x: torch.Tensor, noise: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
+    """The tiled blend accumulated on one full-size float canvas (Restorer's before the band-by-band one)."""
+    s, (height, width) = net.scale, x.shape[-2:]
+    ipr = net.estimate_ipr(x, noise, tile)
+    out = torch.zeros(1, 3, height * s, width * s)
+    weight = torch.zeros(1, 1, height * s, width * s)
+    for y0 in tile_starts(height, tile, overlap):
+        for x0 in tile_starts(width, tile, overlap):
+            window = (_ramp_window(tile * s, overlap * s, y0 > 0, y0 + tile < height)[:, None]
+                      * _ramp_window(tile * s, overlap * s, x0 > 0, x0 + tile < width)[None, :])
+            rows, cols = slice(y0 * s, (y0 + tile) * s), slice(x0 * s, (x0 + tile) * s)
+            out[..., rows, cols] += net.restore_with_ipr(x[..., y0:y0 + tile, x0:x0 + tile], ipr) * window
+            weight[..., rows, cols] += window
+    return out / weight
+
+
+@pytest.mark.parametrize("overlap", [8, 24])  # 24: up to four tile rows share an output row
+def test_band_blend_equals_whole_canvas_blend_and_reports_progress(overlap):
+    net = tiny_net()
+    image = photo(72, 104).astype(np.float32) / 255
+    # laid out as restore_batch lays it out (channels last in memory), so the two paths convolve alike
+    x, noise = torch.from_numpy(image[None]).permute(0, 3, 1, 2), initial_noise(1, 0)
+    restorer = Restorer(net, device="cpu", tile=32, tile_overlap=overlap)
+    calls = []
+    with torch.no_grad():
+        reference = whole_canvas_blend(net, x, noise, 32, overlap)
+    banded = restorer.restore_tensor(x, noise=noise, progress=lambda done, total: calls.append((done, total)))
+    assert (banded - reference).abs().max().item() <= 1e-6
+    tiles = len(tile_starts(72, 32, overlap)) * len(tile_starts(104, 32, overlap))
+    assert tiles >= 12 and calls == [(i, tiles) for i in range(1, tiles + 1)]
+    # the arrays path writes each finished band in the final dtype: the same as converting the whole canvas
+    expected = merge_image(reference[0].clamp(0, 1).permute(1, 2, 0).numpy(), split_image(image)[1])
+    assert np.abs(restorer.restore(image, seed=0) - expected).max() <= 1e-6
+    gray16 = np.round(image.mean(axis=2) * 65535).astype(np.uint16)
+    out16 = restorer.restore(gray16, seed=0)
+    assert out16.shape == (288, 416) and out16.dtype == np.uint16
+    untiled = []
+    Restorer(net, device="cpu").restore(image, seed=0, progress=lambda done, total: untiled.append((done, total)))
+    assert untiled == [(1, 1)]
+
+
+def test_non_finite_weights_are_an_error_not_a_black_image(tmp_path, capsys):
+    net = tiny_net()
+    with torch.no_grad():
+        net.G.tail[1].weight.fill_(float("nan"))
+    image = photo(16, 16)
+    for precision in ("fp32", "bf16"):  # bf16: after its fp32 re-run
+        with pytest.raises(NonFiniteOutputError, match="weights are not finite .first: G.tail.1.weight"):
+            Restorer(net, device="cpu", precision=precision).restore(image, seed=0)
+    write_image(tmp_path / "a.png", image)
+    model = save_checkpoint(net, tmp_path / "nan.pth")
+    assert inference_main(["-i", str(tmp_path / "a.png"), "-o", str(tmp_path / "out"), "-m", str(model)]) == 1
+    assert "weights are not finite" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "a.png").exists()
 
 
 def test_seeded_runs_are_identical_and_seeds_matter():

@@ -1,11 +1,12 @@
 """The IPR diffusion maths on tiny tensors against the official schedule values (paper-facts §1.5)."""
 import torch
 
-from diffir.archs import IPRDenoiser, IPRDiffusion, linear_sqrt_beta_schedule
+from diffir.archs import IPRDenoiser, IPRDiffusion
+from diffir.schedules import ddpm_quantities, make_betas
 
 
 def test_linear_schedule_is_linear_in_sqrt_beta():
-    s = linear_sqrt_beta_schedule(4, 0.1, 0.99)
+    s = ddpm_quantities(make_betas("scaled_linear", 4, 0.1, 0.99))
     torch.testing.assert_close(s["betas"], torch.tensor([0.1, 0.294286, 0.590952, 0.99], dtype=torch.float64),
                                atol=1e-6, rtol=0)
     torch.testing.assert_close(s["alphas_cumprod"], torch.tensor([0.9, 0.635143, 0.259804, 0.002598],
@@ -21,6 +22,12 @@ def test_linear_schedule_is_linear_in_sqrt_beta():
 class ConstantCondition(torch.nn.Module):
     def forward(self, lq):
         return lq.flatten(1)[:, :1].expand(-1, 256).contiguous()
+
+
+def test_buffers_are_the_float64_schedule_stored_in_float32():
+    diffusion = IPRDiffusion(IPRDenoiser(), ConstantCondition(), linear_start=0.1, linear_end=0.99, timesteps=4)
+    for name, value in ddpm_quantities(make_betas("scaled_linear", 4, 0.1, 0.99)).items():
+        assert torch.equal(getattr(diffusion, name), value.float()), name
 
 
 def make_diffusion():

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 N_FEATS = 64  # hard-coded in the official code: the IPR always has 4 * 64 = 256 values
+IPR_DIM = 4 * N_FEATS  # length of the IPR and of CPEN_S2's condition vector
 GT_UNSHUFFLE = 4
 
 
@@ -61,11 +62,43 @@ class CPEN(nn.Module):
             nn.Linear(n * 4, n * 4), nn.LeakyReLU(0.1, True),
             nn.Linear(n * 4, n * 4), nn.LeakyReLU(0.1, True),
         )
+        # every conv but the pooling's input is 3x3 with padding 1: the features of a pixel depend on
+        # the input within this many pixels (at the unshuffled resolution)
+        self.receptive_radius = sum(m.kernel_size[0] // 2 for m in self.E.modules() if isinstance(m, nn.Conv2d))
 
-    def forward(self, lq: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
+    def _encoder_input(self, lq: torch.Tensor, gt: torch.Tensor | None) -> torch.Tensor:
         x = F.pixel_unshuffle(lq, self.lq_unshuffle) if self.lq_unshuffle > 1 else lq
         if self.uses_gt:
             if gt is None:
                 raise ValueError("CPEN_S1 needs the ground truth as well as the LQ image")
             x = torch.cat([x, F.pixel_unshuffle(gt, GT_UNSHUFFLE)], dim=1)
-        return self.mlp(self.E(x).flatten(1))
+        return x
+
+    def forward(self, lq: torch.Tensor, gt: torch.Tensor | None = None) -> torch.Tensor:
+        return self.mlp(self.E(self._encoder_input(lq, gt)).flatten(1))
+
+    def forward_tiled(self, lq: torch.Tensor, tile: int, gt: torch.Tensor | None = None) -> torch.Tensor:
+        """``forward`` with the convolutions run on ``tile`` x ``tile`` pieces of the LQ input (pixels).
+
+        The encoder ends in global average pooling, so each piece is run with a halo as wide as the
+        receptive field and the pooled sums of its inner part are added up: the same vector as
+        ``forward`` up to float summation order, with memory bounded by the tile. An input that fits in
+        one tile takes the plain ``forward``.
+        """
+        if max(lq.shape[-2:]) <= tile:
+            return self.forward(lq, gt)
+        x = self._encoder_input(lq, gt)
+        features, halo = self.E[:-1], self.receptive_radius
+        height, width = x.shape[-2:]
+        tile = max(1, tile // self.lq_unshuffle)
+        total = None
+        for y0 in range(0, height, tile):
+            for x0 in range(0, width, tile):
+                y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
+                top, left = max(0, y0 - halo), max(0, x0 - halo)
+                region = x[..., top:min(height, y1 + halo), left:min(width, x1 + halo)]
+                inner = features(region)[..., y0 - top:y1 - top, x0 - left:x1 - left]
+                part = inner.float().sum(dim=(2, 3))
+                total = part if total is None else total + part
+        pooled = (total / (height * width)).to(x.dtype)
+        return self.mlp(pooled)

@@ -25,7 +25,9 @@ Calling conventions:
 
 * ``DiffIRS1(lq, gt)``: eval -> restored image; train -> ``(restored, [ipr])``.
 * ``DiffIRS2(lq)``: eval -> restored image, its initial noise drawn as the first random draw of the
-  forward (``torch.randn((B, 256))`` on lq's device), or taken from ``noise=`` / ``generator=``.
+  forward (``torch.randn((B, 256))`` on lq's device), or taken from ``noise=`` / ``generator=``. It is
+  ``restore_with_ipr(lq, estimate_ipr(lq, noise))``: inference code (Restorer, its tiling, the ONNX
+  export, the benchmark) calls these two public steps and nothing inside the network.
   ``DiffIRS2(lq, ipr_s1)`` in train mode -> ``(restored, [ipr after each reverse step])``;
   with ``ipr_only=True`` the DIRformer is skipped and ``(ipr, [iprs])`` is returned (the encoder
   phase of stage-two training, run through the wrapper so DDP sees the call).
@@ -41,7 +43,7 @@ import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from ..utils.state_dict import mismatch_lines
-from .cpen import CPEN, GT_UNSHUFFLE
+from .cpen import CPEN, GT_UNSHUFFLE, IPR_DIM
 from .dirformer import DIRformer
 from .ipr_diffusion import IPRDenoiser, IPRDiffusion
 
@@ -166,11 +168,27 @@ class DiffIRS2(_DiffIRBase):
         self.diffusion = IPRDiffusion(self.denoise, self.condition, linear_start=linear_start,
                                       linear_end=linear_end, timesteps=timesteps)
 
+    def estimate_ipr(self, lq: torch.Tensor, noise: torch.Tensor, tile: int | None = None) -> torch.Tensor:
+        """The (B, 256) IPR of ``lq``: CPEN_S2's condition, then the reverse diffusion from ``noise``.
+
+        ``tile`` (input pixels): run CPEN_S2's convolutions tile by tile (:meth:`CPEN.forward_tiled`),
+        the same vector up to float summation order with memory bounded by the tile.
+        """
+        cond = self.condition(lq) if tile is None else self.condition.forward_tiled(lq, tile)
+        return self.diffusion.sample(cond, noise)
+
+    def restore_with_ipr(self, lq: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        """The DIRformer's restoration of ``lq`` (a whole input or a tile of one) modulated by ``ipr``."""
+        return self.G(lq, ipr)
+
     def forward(self, lq: torch.Tensor, ipr_s1: torch.Tensor | None = None, *, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None, ipr_only: bool = False):
         self.check_lq(lq)
         if self.training:
             ipr, iprs = self.diffusion(lq, ipr_s1, noise=noise, generator=generator)
             return (ipr, iprs) if ipr_only else (self.G(lq, ipr), iprs)
-        ipr = self.diffusion(lq, noise=noise, generator=generator)
-        return ipr if ipr_only else self.G(lq, ipr)
+        if noise is None:
+            # drawn first, in the default dtype, before CPEN_S2 runs: the official RNG order
+            noise = torch.randn((lq.shape[0], IPR_DIM), device=lq.device, generator=generator)
+        ipr = self.estimate_ipr(lq, noise)
+        return ipr if ipr_only else self.restore_with_ipr(lq, ipr)

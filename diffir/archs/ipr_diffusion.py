@@ -13,44 +13,11 @@
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
-from .cpen import N_FEATS
-
-IPR_DIM = 4 * N_FEATS
-SCHEDULE_BUFFERS = (
-    "betas", "alphas_cumprod", "alphas_cumprod_prev", "sqrt_alphas_cumprod", "sqrt_one_minus_alphas_cumprod",
-    "log_one_minus_alphas_cumprod", "sqrt_recip_alphas_cumprod", "sqrt_recipm1_alphas_cumprod",
-    "posterior_variance", "posterior_log_variance_clipped", "posterior_mean_coef1", "posterior_mean_coef2",
-)
-
-
-def linear_sqrt_beta_schedule(timesteps: int, linear_start: float, linear_end: float) -> dict[str, torch.Tensor]:
-    """All schedule quantities for q(x_t | x_0) and the posterior q(x_{t-1} | x_t, x_0), in float64."""
-    betas = torch.linspace(math.sqrt(linear_start), math.sqrt(linear_end), timesteps, dtype=torch.float64) ** 2
-    alphas = 1.0 - betas
-    alphas_cumprod = torch.cumprod(alphas, dim=0)
-    alphas_cumprod_prev = torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
-    posterior_variance = betas * (1.0 - alphas_cumprod_prev) / (1.0 - alphas_cumprod)
-    return {
-        "betas": betas,
-        "alphas_cumprod": alphas_cumprod,
-        "alphas_cumprod_prev": alphas_cumprod_prev,
-        "sqrt_alphas_cumprod": alphas_cumprod.sqrt(),
-        "sqrt_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).sqrt(),
-        "log_one_minus_alphas_cumprod": (1.0 - alphas_cumprod).log(),
-        "sqrt_recip_alphas_cumprod": (1.0 / alphas_cumprod).sqrt(),
-        "sqrt_recipm1_alphas_cumprod": (1.0 / alphas_cumprod - 1).sqrt(),
-        "posterior_variance": posterior_variance,
-        # clipped because the posterior variance is 0 at t = 0
-        "posterior_log_variance_clipped": posterior_variance.clamp(min=1e-20).log(),
-        "posterior_mean_coef1": betas * alphas_cumprod_prev.sqrt() / (1.0 - alphas_cumprod),
-        "posterior_mean_coef2": (1.0 - alphas_cumprod_prev) * alphas.sqrt() / (1.0 - alphas_cumprod),
-    }
-
+from ..schedules import ddpm_quantities, make_betas
+from .cpen import IPR_DIM
 
 class _LinearLReLU(nn.Module):
     """Linear + LeakyReLU(0.1). Official name ``ResMLP``, but it has no residual add (key ``resmlp.0``)."""
@@ -91,12 +58,9 @@ class IPRDiffusion(nn.Module):
 
     def __init__(self, denoise: IPRDenoiser, condition: nn.Module, linear_start=0.1, linear_end=0.99, timesteps=4):
         super().__init__()
-        if timesteps < 1:
-            raise ValueError(f"timesteps must be >= 1, got {timesteps}")
-        if not 0 < linear_start <= linear_end < 1:
-            raise ValueError(f"need 0 < linear_start <= linear_end < 1, got {linear_start}, {linear_end}")
         self.num_timesteps = timesteps
-        for name, value in linear_sqrt_beta_schedule(timesteps, linear_start, linear_end).items():
+        # LDM's "linear" schedule is linear in sqrt(beta): diffusers' 'scaled_linear'
+        for name, value in ddpm_quantities(make_betas("scaled_linear", timesteps, linear_start, linear_end)).items():
             self.register_buffer(name, value.float())
         self.model = denoise
         self.condition = condition
@@ -119,6 +83,12 @@ class IPRDiffusion(nn.Module):
             iprs.append(x_t)
         return iprs
 
+    def sample(self, cond: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The IPR estimate for the condition ``cond``: all reverse steps from the initial ``noise``."""
+        if noise.shape != cond.shape:
+            raise ValueError(f"noise must have shape {tuple(cond.shape)}, got {tuple(noise.shape)}")
+        return self.reverse(noise.to(cond), cond)[-1]
+
     def forward(self, lq: torch.Tensor, ipr_s1: torch.Tensor | None = None, noise: torch.Tensor | None = None,
                 generator: torch.Generator | None = None):
         """Training mode: ``(ipr, [ipr after each step])`` starting from the noised ``ipr_s1``.
@@ -136,7 +106,4 @@ class IPRDiffusion(nn.Module):
         if noise is None:
             # drawn first, in the default dtype, before CPEN_S2 runs: the official RNG order
             noise = torch.randn((batch, IPR_DIM), device=lq.device, generator=generator)
-        elif noise.shape != (batch, IPR_DIM):
-            raise ValueError(f"noise must have shape ({batch}, {IPR_DIM}), got {tuple(noise.shape)}")
-        cond = self.condition(lq)
-        return self.reverse(noise.to(cond), cond)[-1]
+        return self.sample(self.condition(lq), noise)

@@ -24,7 +24,6 @@ import csv
 import io
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +31,9 @@ import cv2
 import numpy as np
 from basicsr.utils.matlab_functions import imresize
 
-from ..image_io import (ImageReadError, atomic_write_bytes, list_image_files, read_image, read_mask, split_image,
-                        write_image)
-from .metrics import (DEFAULT_METRICS, HIGHER_IS_BETTER, IMAGE_METRICS, NEEDS_GT, SET_METRICS, FIDMetric,
+from ..image_io import (ImageReadError, atomic_write_bytes, is_mask_name, list_image_files, mask_lookup, read_image,
+                        read_mask, split_image, write_image)
+from ..metrics import (DEFAULT_METRICS, HIGHER_IS_BETTER, IMAGE_METRICS, NEEDS_GT, SET_METRICS, FIDMetric,
                       LPIPSMetric, MissingWeightsError, niqe, psnr, ssim, to_uint8_rgb)
 from .paper import find_paper_set
 
@@ -97,36 +96,14 @@ def _images(folder: Path) -> list[Path]:
     return list_image_files(folder)
 
 
-def _is_mask_name(path: Path) -> bool:
-    return "_mask" in path.stem
-
-
-def _mask_finder(mask_dir: Path):
-    """``find(image)``: the first ``image.stem + "_mask*"`` in name order, else (in a folder other than
-    the image's) the first ``image.stem + ".*"``, else None. The folder is listed once for all images."""
-    by_prefix, by_stem = {}, {}
-    for path in _images(mask_dir):  # in name order, so setdefault keeps the first match
-        by_stem.setdefault(path.stem, path)
-        # "_mask" cannot overlap itself, so its matches are all the places a NAME + "_mask" prefix can end
-        for match in re.finditer("_mask", path.stem):
-            by_prefix.setdefault(path.stem[:match.start()], path)
-
-    def find(image: Path) -> Path | None:
-        if image.stem in by_prefix:
-            return by_prefix[image.stem]
-        return by_stem.get(image.stem) if mask_dir != image.parent else None
-
-    return find
-
-
 def list_samples(bset: BenchmarkSet, task: str) -> tuple[list[Sample], list[tuple[str, str]]]:
     """The samples of a set, and (file, reason) for files that could not be paired."""
     problems = []
     if task == "inpaint":
         mask_dir = bset.mask_dir or bset.lq_dir
         samples = []
-        images = [p for p in _images(bset.lq_dir) if not _is_mask_name(p)]
-        find_mask = _mask_finder(mask_dir) if images else None  # no images: the mask folder is not read
+        images = [p for p in _images(bset.lq_dir) if not is_mask_name(p)]
+        find_mask = mask_lookup(_images(mask_dir)) if images else None  # no images: the mask folder is not read
         for image in images:
             mask = find_mask(image)
             if mask is None:

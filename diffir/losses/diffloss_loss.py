@@ -17,14 +17,14 @@ frozen), so both terms do send gradients to the restoration network; only the z 
 """
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 import torch.nn.functional as F
 from basicsr.utils.registry import LOSS_REGISTRY
 from torch import nn
 
 from ..archs.prior_unet_arch import OFFICIAL_PRIOR, build_prior
+from ..schedules import ForwardDiffusion
+from ..utils.precision import ALIASES, PRECISIONS, autocast_context, precision_name
 
 # guided-diffusion's create_model arguments for 256x256_diffusion_uncond.pt, the paper's prior
 OFFICIAL_PRIOR_OPT = dict(
@@ -33,40 +33,7 @@ OFFICIAL_PRIOR_OPT = dict(
     num_heads_upsample=-1, use_scale_shift_norm=True, dropout=0.0, resblock_updown=True, use_fp16=True,
     use_new_attention_order=False)
 
-PRECISIONS = {None: None, "fp32": "fp32", "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-              "fp16": torch.float16, "float16": torch.float16}
 FITS = ("resize", "random_crop", "none")
-
-
-class ForwardDiffusion(nn.Module):
-    """q(x_t | x_0) of a DDPM with betas linear in [beta_start, beta_end] (guided-diffusion's "linear").
-
-    x_t = sqrt(ᾱ_t) x_0 + sqrt(1 - ᾱ_t) ε, with t in [0, num_timesteps). The products are computed
-    in float64 and stored in float32 (non-persistent buffers: they follow ``.to()`` but are never
-    saved).
-    """
-
-    def __init__(self, num_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
-        super().__init__()
-        if num_timesteps < 1 or not 0 < beta_start <= beta_end < 1:
-            raise ValueError(f"need num_timesteps >= 1 and 0 < beta_start <= beta_end < 1, got {num_timesteps}, "
-                             f"{beta_start}, {beta_end}")
-        self.num_timesteps = num_timesteps
-        betas = torch.linspace(beta_start, beta_end, num_timesteps, dtype=torch.float64)
-        alphas_cumprod = torch.cumprod(1 - betas, dim=0)
-        self.register_buffer("sqrt_alphas_cumprod", alphas_cumprod.sqrt().float(), persistent=False)
-        self.register_buffer("sqrt_one_minus_alphas_cumprod", (1 - alphas_cumprod).sqrt().float(), persistent=False)
-
-    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """Noise a batch x0 (B, ...) to the per-sample timesteps t (B,) with the given noise."""
-        shape = (-1,) + (1,) * (x0.dim() - 1)
-        a = self.sqrt_alphas_cumprod[t].reshape(shape).to(x0.dtype)
-        s = self.sqrt_one_minus_alphas_cumprod[t].reshape(shape).to(x0.dtype)
-        return a * x0 + s * noise
-
-    def sample_timesteps(self, batch: int, device, low: int = 0, high: int | None = None) -> torch.Tensor:
-        """t ~ U{low, ..., high - 1} per sample (guided-diffusion's uniform sampler over [0, T))."""
-        return torch.randint(low, self.num_timesteps if high is None else high, (batch,), device=device)
 
 
 @LOSS_REGISTRY.register()
@@ -105,8 +72,8 @@ class DiffLoss(nn.Module):
                              f"{OFFICIAL_PRIOR}. (allow_random_prior: true runs with random weights, for tests only)")
         if fit not in FITS:
             raise ValueError(f"DiffLoss fit must be one of {FITS}, got {fit!r}")
-        if autocast_dtype not in PRECISIONS:
-            raise ValueError(f"DiffLoss autocast_dtype must be one of {sorted(k for k in PRECISIONS if k)} or ~, "
+        if autocast_dtype is not None and ALIASES.get(autocast_dtype, autocast_dtype) not in PRECISIONS:
+            raise ValueError(f"DiffLoss autocast_dtype must be one of {sorted(PRECISIONS) + sorted(ALIASES)} or ~, "
                              f"got {autocast_dtype!r}")
         low, high = (0, num_timesteps) if t_range is None else (int(t_range[0]), int(t_range[1]))
         if not 0 <= low < high <= num_timesteps:
@@ -134,7 +101,7 @@ class DiffLoss(nn.Module):
         self.input_range = (float(input_range[0]), float(input_range[1]))
         self.range_checked = False
         self.fit = fit
-        self.precision = PRECISIONS[autocast_dtype]
+        self.precision = None if autocast_dtype is None else precision_name(autocast_dtype)
         self.checkpoint = checkpoint
 
     def train(self, mode: bool = True):
@@ -193,11 +160,7 @@ class DiffLoss(nn.Module):
         return pred[window], target[window]
 
     def _precision_context(self, device: torch.device):
-        if self.precision is None:
-            return nullcontext()
-        if self.precision == "fp32":
-            return torch.autocast(device.type, enabled=False)
-        return torch.autocast(device.type, dtype=self.precision)
+        return autocast_context(device.type, self.precision)
 
     # ------------------------------------------------------------------ loss
     def terms(self, pred: torch.Tensor, target: torch.Tensor, t=None, noise=None) -> dict[str, torch.Tensor]:
