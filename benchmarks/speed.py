@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from diffir import DiffIRS1, DiffIRS2
 from diffir.archs.detect import network_for_state_dict
 from diffir.archs.ipr_diffusion import IPR_DIM
-from diffir.benchmark.metrics import tensor_psnr
+from diffir.metrics import tensor_psnr
 from diffir.checkpoint import read_state_dict
 from diffir.image_io import ImageReadError, read_image, split_image
 from diffir.utils.compile import MODES, compile_network

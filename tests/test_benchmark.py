@@ -15,7 +15,7 @@ from diffir import DiffIRS2
 from diffir.benchmark import Benchmark, BenchmarkSet, LPIPSMetric, MissingWeightsError, find_paper_set, stochasticity
 from diffir.benchmark import suite
 from diffir.benchmark.cli import main as benchmark_main
-from diffir.benchmark.metrics import to_uint8_rgb
+from diffir.metrics import to_uint8_rgb
 from basicsr.utils.matlab_functions import imresize  # after diffir, which makes basicsr importable
 from diffir.image_io import read_image, write_image
 from diffir.restorer import Restorer
