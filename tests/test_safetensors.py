@@ -14,6 +14,7 @@ from diffir import Restorer
 from diffir.archs.diffir_arch import DiffIRS1, DiffIRS2
 from diffir.archs.detect import infer_network_options
 from diffir.checkpoint import CheckpointError, read_state_dict
+from diffir.training_state import read_training_state
 from diffir.convert import main as convert_main
 from diffir.options import load_yaml
 from diffir.utils.safetensors_io import (
@@ -142,7 +143,7 @@ def test_training_saves_safetensors_when_asked(tmp_path, monkeypatch):
     models = Path(train_pipeline(["-opt", str(tmp_path / "s1.yml")])) / "models"
     assert sorted(p.name for p in models.iterdir()) == ["net_g_2.safetensors", "net_g_latest.safetensors"]
     saved, metadata = load_state_dict(models / "net_g_2.safetensors")
-    state = torch.load(models.parent / "training_states" / "2.state", weights_only=False)
+    state = read_training_state(models.parent / "training_states" / "2.state")
     ema = "net_g_ema" in state["networks"]
     assert metadata["diffir.param_key"] == ("params_ema" if ema else "params")
     trained = state["networks"]["net_g_ema" if ema else "net_g"]
