@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numbers
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -196,12 +196,14 @@ class Restorer:
         return self.net.size_multiple
 
     # ----------------------------------------------------------------------- arrays
-    def restore(self, image: np.ndarray, mask: np.ndarray | None = None, seed: int | None = None) -> np.ndarray:
+    def restore(self, image: np.ndarray, mask: np.ndarray | None = None, seed: int | None = None,
+                progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Restore one image array; the result has the input's dtype and layout (gray, RGB, RGBA)."""
-        return self.restore_batch([image], None if mask is None else [mask], seed)[0]
+        return self.restore_batch([image], None if mask is None else [mask], seed, progress)[0]
 
     def restore_batch(self, images: Sequence[np.ndarray], masks: Sequence[np.ndarray] | None = None,
-                      seed: int | Sequence[int] | None = None) -> list[np.ndarray]:
+                      seed: int | Sequence[int] | None = None,
+                      progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
         """Restore same-sized images in one forward pass (``seed``: one for all, or one per image)."""
         split = [split_image(image) for image in images]
         sizes = {rgb.shape[:2] for rgb, _ in split}
@@ -213,18 +215,20 @@ class Restorer:
             if len(masks) != len(images):
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
             mask = torch.from_numpy(np.stack([mask_to_array(m, lq.shape[-2:]) for m in masks]))[:, None]
-        out = self.restore_tensor(lq, mask, initial_noise(len(images), seed))
+        out = self.restore_tensor(lq, mask, initial_noise(len(images), seed), progress)
         out = out.clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
         return [merge_image(rgb, layout) for rgb, (_, layout) in zip(out, split)]
 
     # ----------------------------------------------------------------------- tensors
     @torch.no_grad()
     def restore_tensor(self, lq: torch.Tensor, mask: torch.Tensor | None = None,
-                       noise: torch.Tensor | None = None) -> torch.Tensor:
+                       noise: torch.Tensor | None = None,
+                       progress: Callable[[int, int], None] | None = None) -> torch.Tensor:
         """Restore a (B, 3, H, W) batch in [0, 1]; returns (B, 3, H*scale, W*scale), unclamped, float32.
 
         ``mask`` (B, 1, H, W), 1 = hole, is required for inpainting; ``noise`` (B, 256) is the
-        diffusion's initial noise (default: a fresh draw).
+        diffusion's initial noise (default: a fresh draw). ``progress(done, total)`` is called after
+        each DIRformer tile (once, ``(1, 1)``, without tiles).
         """
         lq = lq.to(self.device, torch.float32)
         if noise is None:
@@ -240,30 +244,33 @@ class Restorer:
                 raise ValueError(f"a mask was given but the model does {self.task}, not inpainting")
             net_input = lq
         padded, size = pad_to_multiple(net_input, self.size_multiple)
-        out = crop_to(self._run(padded, noise), size, self.scale)
+        out = crop_to(self._run(padded, noise, progress), size, self.scale)
         return composite(out, lq, mask) if self.task == "inpaint" else out
 
-    def _run(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def _run(self, x: torch.Tensor, noise: torch.Tensor, progress=None) -> torch.Tensor:
         dtype = PRECISIONS[self.precision]
         if dtype is None:
-            return self._forward(x, noise)
+            return self._forward(x, noise, progress)
         with torch.autocast(self.device.type, dtype=dtype):
-            out = self._forward(x, noise)  # _forward returns float32
+            out = self._forward(x, noise, progress)  # _forward returns float32
         if torch.isfinite(out).all():
             return out
         self.fp32_fallbacks += 1
         warnings.warn(f"{self.precision} gave NaN/inf values; this image was restored again in fp32")
-        return self._forward(x, noise)
+        return self._forward(x, noise, progress)
 
     def _needs_tiles(self, x: torch.Tensor) -> bool:
         return self.tile is not None and max(x.shape[-2:]) > self.tile
 
-    def _forward(self, x: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def _forward(self, x: torch.Tensor, noise: torch.Tensor, progress=None) -> torch.Tensor:
         ipr = self.ipr(x, noise)
         if not self._needs_tiles(x):
             # a copy: with CUDA graphs (compile mode 'reduce-overhead') the next run reuses the output memory
-            return self.net.G(x, ipr).to(torch.float32, copy=True)
-        return self._tiled_dirformer(x, ipr)
+            out = self.net.G(x, ipr).to(torch.float32, copy=True)
+            if progress is not None:
+                progress(1, 1)
+            return out
+        return self._tiled_dirformer(x, ipr, progress)
 
     # ----------------------------------------------------------------------- IPR
     @torch.no_grad()
@@ -298,7 +305,7 @@ class Restorer:
         return cpen.mlp(pooled)
 
     # ----------------------------------------------------------------------- tiles
-    def _tiled_dirformer(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+    def _tiled_dirformer(self, x: torch.Tensor, ipr: torch.Tensor, progress=None) -> torch.Tensor:
         height, width = x.shape[-2:]
         s = self.scale
         tile_h, tile_w = min(self.tile, height), min(self.tile, width)
@@ -309,6 +316,7 @@ class Restorer:
         col_windows = [(x0, _ramp_window(tile_w * s, ramp, x0 > 0, x0 + tile_w < width).to(x.device)[None, :])
                        for x0 in tile_starts(width, tile_w, self.tile_overlap)]
         out = weight = None
+        done, total = 0, len(row_windows) * len(col_windows)
         for y0, row_window in row_windows:
             for x0, col_window in col_windows:
                 piece = self.net.G(x[..., y0:y0 + tile_h, x0:x0 + tile_w], ipr).float()
@@ -319,4 +327,7 @@ class Restorer:
                 rows, cols = slice(y0 * s, (y0 + tile_h) * s), slice(x0 * s, (x0 + tile_w) * s)
                 out[..., rows, cols] += piece * window
                 weight[..., rows, cols] += window
+                done += 1
+                if progress is not None:
+                    progress(done, total)
         return out / weight
