@@ -17,7 +17,8 @@ setup(
     packages=find_packages(include=["diffir", "diffir.*"]),
     install_requires=[line.strip() for line in (here / "requirements.txt").read_text().splitlines()
                       if line.strip() and not line.startswith("#")],
-    extras_require={"test": ["pytest>=7"], "onnx": ["onnx", "onnxruntime"]},
+    extras_require={"test": ["pytest>=7", "gradio>=6", "gradio_client", "selenium"], "onnx": ["onnx", "onnxruntime"],
+                    "app": ["gradio>=6"]},
     entry_points={"console_scripts": ["diffir-restore=diffir.cli:main", "diffir-export=diffir.cli:export_main",
-                                      "diffir-benchmark=diffir.benchmark.cli:main"]},
+                                      "diffir-benchmark=diffir.benchmark.cli:main", "diffir-app=diffir.app:main"]},
 )
