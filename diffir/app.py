@@ -324,7 +324,7 @@ def build_app(service: RestoreService, queue_size: int = 16):
             restorer = service.restorer(name, precision or "fp32", tile, tile_overlap, blend_with, blend)
             return service.restore_files(paths, restorer, seed, mask_of, tiles)
         except (ValueError, OSError) as err:  # bad upload, bad setting: shown on the page, the app keeps serving
-            raise gr.Error(str(err)) from err
+            raise gr.Error(str(err), print_exception=False) from err
         except torch.OutOfMemoryError as err:
             raise gr.Error("out of memory: choose a smaller tile size (or 'auto')") from err
         except RuntimeError as err:
