@@ -28,7 +28,7 @@ import torch
 from PIL import Image as PILImage
 
 from .image_io import IMAGE_EXTENSIONS, hole_mask, is_image_file, read_image, read_mask, write_image
-from .restorer import PRECISIONS, Restorer
+from .restorer import PRECISIONS, Restorer, mask_to_array
 from .zoo import ZOO
 
 DEFAULT_MODEL = "demo-sr-x4"
@@ -38,6 +38,7 @@ AUTO_TILE_MIN, AUTO_TILE_MAX = 128, 4096
 # floats x dim; the x4 tail's 2x-upsampled features dominate.
 FLOATS_PER_PIXEL_PER_DIM = 96
 MEMORY_SHARE = 0.5  # of the free memory a tile may use (the rest: the model, the other tensors, headroom)
+RESULTS_KEPT_S = 3600  # a request's files are deleted after an hour (gradio serves its own copies meanwhile)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,9 +64,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         service = RestoreService.load(args.models or [DEFAULT_MODEL], args.device, args.max_megapixels)
     except Exception as err:  # noqa: BLE001  (missing model, bad checkpoint: one clear line)
         raise SystemExit(f"error: {err}") from None
-    app = build_app(service, queue_size=args.queue_size)
-    app.launch(server_name=args.host, server_port=args.port, share=args.share,
-               max_file_size=service.max_file_bytes)
+    try:
+        build_app(service, queue_size=args.queue_size).launch(
+            server_name=args.host, server_port=args.port, share=args.share, max_file_size=service.max_file_bytes)
+    finally:
+        service.close()
 
 
 # ----------------------------------------------------------------------------------- restoration (no gradio)
@@ -137,7 +140,6 @@ class Model:
 
 @dataclass
 class Result:
-    source_name: str
     before: Path  # 8-bit preview: the input upscaled with bicubic to the output size
     after: Path  # 8-bit preview of the result
     output: Path  # full-resolution PNG, in the input's bit depth and layout
@@ -236,28 +238,44 @@ class RestoreService:
         return image
 
     def new_request_dir(self) -> Path:
+        """A fresh folder for one request's files; the folders of requests older than RESULTS_KEPT_S go."""
+        cutoff = time.time() - RESULTS_KEPT_S
+        for old in self.results_root.iterdir():
+            if old.stat().st_mtime < cutoff:
+                shutil.rmtree(old, ignore_errors=True)
         return Path(tempfile.mkdtemp(dir=self.results_root))
 
     def restore_files(self, paths: Sequence[str | Path], restorer: Restorer, seed: int | None,
                       mask: Callable[[np.ndarray, str], np.ndarray | None] = lambda image, name: None,
                       progress: Callable[[int, int, int, int], None] | None = None) -> list[Result]:
-        """Restore each file; ``mask(image, name)`` gives its mask, ``progress(image, images, done, total)``
-        is called after each tile. Any bad file stops the request with a ValueError naming it."""
-        images = [(self.read(path), safe_stem(Path(path).name), Path(path).name) for path in paths]
+        """Restore each file; ``mask(image, name)`` gives its mask (asked for inpainting models only),
+        ``progress(image, images, done, total)`` is called after each tile. A bad file or mask stops the
+        request with a ValueError naming the file, before any restoration has run."""
+        jobs = []
+        for path in paths:
+            name = Path(path).name
+            image = self.read(path)
+            image_mask = None
+            if restorer.task == "inpaint":
+                try:
+                    image_mask = mask(image, name)
+                    if image_mask is None:
+                        raise ValueError("the model inpaints: paint the holes or upload a mask (white = hole)")
+                    mask_to_array(image_mask, image.shape[:2])
+                except ValueError as err:
+                    raise ValueError(f"{name}: {err}") from err
+            jobs.append((image, image_mask, name))
         folder = self.new_request_dir()
         results, taken = [], set()
-        for index, (image, stem, name) in enumerate(images):
-            image_mask = mask(image, name)
-            tiles = None if progress is None else (lambda done, total, i=index: progress(i, len(images), done, total))
-            try:
-                restored = restorer.restore(image, mask=image_mask, seed=seed, progress=tiles)
-            except ValueError as err:
-                raise ValueError(f"{name}: {err}") from err
+        for index, (image, image_mask, name) in enumerate(jobs):
+            tiles = None if progress is None else (lambda done, total, i=index: progress(i, len(jobs), done, total))
+            restored = restorer.restore(image, mask=image_mask, seed=seed, progress=tiles)
+            stem = safe_stem(name)
             while stem in taken:
                 stem += "_"
             taken.add(stem)
             before = cv2.resize(image, (restored.shape[1], restored.shape[0]), interpolation=cv2.INTER_CUBIC)
-            result = Result(name, folder / f"{stem}_before.png", folder / f"{stem}_after.png",
+            result = Result(folder / f"{stem}_before.png", folder / f"{stem}_after.png",
                             folder / f"{stem}_x{restorer.scale}.png")
             write_image(result.output, restored)
             write_image(result.before, to_uint8(before))
@@ -275,7 +293,8 @@ def _weight_shapes(restorer: Restorer) -> dict[str, tuple[int, ...]]:
 
 def drawn_mask(editor: dict | None, shape: tuple[int, int]) -> np.ndarray | None:
     """Holes painted in a gr.ImageEditor (any brush stroke of any layer), at the image's size; None if
-    nothing is painted. The editor may show the image scaled, so the strokes are scaled back."""
+    nothing is painted. The editor may hold the image scaled, so strokes of the image's aspect ratio
+    are scaled to it; others are refused."""
     if not editor or not editor.get("layers"):
         return None
     strokes = np.zeros(editor["layers"][0].shape[:2], dtype=bool)
@@ -285,6 +304,9 @@ def drawn_mask(editor: dict | None, shape: tuple[int, int]) -> np.ndarray | None
     if not strokes.any():
         return None
     if strokes.shape != tuple(shape):
+        if abs(strokes.shape[0] * shape[1] - strokes.shape[1] * shape[0]) > 0.01 * strokes.shape[0] * shape[1]:
+            raise ValueError(f"the holes were painted on a {strokes.shape[1]}x{strokes.shape[0]} picture, not on this "
+                             f"{shape[1]}x{shape[0]} image: restore images of other sizes one at a time")
         strokes = cv2.resize(strokes.astype(np.uint8), (shape[1], shape[0]), interpolation=cv2.INTER_NEAREST) > 0
     return strokes
 
@@ -334,7 +356,7 @@ def build_app(service: RestoreService, queue_size: int = 16):
         """``mask(image, name)`` for restore_files: the uploaded mask file, else the painted strokes."""
         def mask(image, name):
             if mask_file:
-                return read_mask(mask_file)  # a size mismatch is reported by the Restorer, with the image's name
+                return read_mask(mask_file)
             return drawn_mask(editor, image.shape[:2])
         return mask
 
@@ -347,16 +369,16 @@ def build_app(service: RestoreService, queue_size: int = 16):
         seconds = time.perf_counter() - start
         status = (f"Restored {len(results)} image{'s' * (len(results) > 1)} in {seconds:.1f} s on "
                   f"{service.device} ({precision if on_gpu else 'fp32'}) with {name}.")
-        shown = [r.source_name for r in results]
+        shown = [r.output.name for r in results]
         return ((str(results[0].before), str(results[0].after)),
                 [str(r.output) for r in results],
                 status,
                 gr.update(choices=shown, value=shown[0], visible=len(shown) > 1),
-                [(str(r.before), str(r.after), r.source_name) for r in results])
+                [(str(r.before), str(r.after), r.output.name) for r in results])
 
     def show(choice, shown):
-        for before, after, source in shown or []:
-            if source == choice:
+        for before, after, output_name in shown or []:
+            if output_name == choice:
                 return before, after
         return gr.update()
 

@@ -12,6 +12,7 @@ import torch
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError
 
+import diffir.app
 from diffir import DiffIRS2, Restorer
 from diffir.app import RestoreService, build_app, drawn_mask
 from diffir.image_io import read_image, write_image
@@ -159,6 +160,12 @@ def test_api_restore_endpoint_returns_the_full_resolution_png(app_url, tmp_path)
     assert Path(result).suffix == ".png" and restored.shape == (160, 192, 3)
     np.testing.assert_array_equal(restored, reference(source, seed=3))
 
+    deep_gray = tmp_path / "deep_gray.png"  # 16-bit grayscale stays 16-bit grayscale
+    write_image(deep_gray, (read_image(source).mean(axis=2) * 257).astype(np.uint16))
+    restored = read_image(client.predict(handle_file(str(deep_gray)), tile="none", api_name="/restore"))
+    assert restored.dtype == np.uint16 and restored.shape == (160, 192)
+    np.testing.assert_array_equal(restored, reference(deep_gray))
+
 
 def test_api_reports_bad_input_by_name(app_url, tmp_path):
     client = Client(app_url, verbose=False)
@@ -219,10 +226,13 @@ def test_inpainting_mask_uploaded_or_painted(tmp_path):
         layer[16:32, 20:40] = 255
         painted = drawn_mask({"background": None, "layers": [layer], "composite": None}, image.shape[:2])
         np.testing.assert_array_equal(painted, holes)
+        with pytest.raises(ValueError, match="painted on a 64x64 picture, not on this 32x24 image"):
+            drawn_mask({"background": None, "layers": [np.full((64, 64, 4), 255, np.uint8)], "composite": None},
+                       image.shape[:2])
 
         with pytest.raises(ValueError, match="face.png: the mask is 10x10 but the image is 24x32"):
             service.restore_files([image_path], restorer, 1, lambda img, name: np.ones((10, 10), bool))
-        with pytest.raises(ValueError, match="face.png: this is an inpainting model: give a mask"):
+        with pytest.raises(ValueError, match="face.png: the model inpaints: paint the holes or upload a mask"):
             service.restore_files([image_path], restorer, 1)
     finally:
         service.close()
@@ -244,6 +254,21 @@ def test_blend_scales_and_tile_progress(tmp_path):
         assert calls == [(0, 1, done, 4) for done in range(1, 5)]  # image 0 of 1, after each of 2x2 tiles
         blended = Restorer.from_pretrained(first, model2=second, blend=0.3, tile=32, tile_overlap=8)
         np.testing.assert_array_equal(read_image(result.output), blended.restore(read_image(image_path), seed=0))
+    finally:
+        service.close()
+
+
+def test_auto_tile_follows_the_free_memory(tmp_path, monkeypatch):
+    model = str(tiny_checkpoint(tmp_path / "x4.pth", 0, scale=4))
+    service = RestoreService.load([model], device="cpu")
+    try:
+        image_path = photo_crop(tmp_path / "wide.png", 0, 0, 60, 150)
+        for free_bytes, tiles in ((0, 2), (1 << 40, 1)):  # smallest tile (128: two tiles across), the whole image
+            monkeypatch.setattr(diffir.app, "available_memory", lambda device, free=free_bytes: free)
+            calls = []
+            restorer = service.restorer(model, tile="auto", tile_overlap=32)
+            service.restore_files([image_path], restorer, 0, progress=lambda *call: calls.append(call))
+            assert restorer.tile % restorer.size_multiple == 0 and calls[-1] == (0, 1, tiles, tiles)
     finally:
         service.close()
 
