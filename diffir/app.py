@@ -72,8 +72,6 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 # ----------------------------------------------------------------------------------- restoration (no gradio)
-
-
 def available_memory(device: torch.device) -> int:
     """Free bytes where the network runs: CUDA's ``mem_get_info`` on a GPU, else the available RAM."""
     if device.type == "cuda":
@@ -275,11 +273,14 @@ class RestoreService:
                 stem += "_"
             taken.add(stem)
             before = cv2.resize(image, (restored.shape[1], restored.shape[0]), interpolation=cv2.INTER_CUBIC)
-            result = Result(folder / f"{stem}_before.png", folder / f"{stem}_after.png",
-                            folder / f"{stem}_x{restorer.scale}.png")
-            write_image(result.output, restored)
+            output = folder / f"{stem}_x{restorer.scale}.png"
+            write_image(output, restored)
+            # the slider shows 8-bit previews; an 8-bit result is its own preview
+            result = Result(folder / f"{stem}_before.png", output if restored.dtype == np.uint8
+                            else folder / f"{stem}_after.png", output)
             write_image(result.before, to_uint8(before))
-            write_image(result.after, to_uint8(restored))
+            if result.after != output:
+                write_image(result.after, to_uint8(restored))
             results.append(result)
         return results
 
