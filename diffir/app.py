@@ -418,7 +418,7 @@ def build_app(service: RestoreService, queue_size: int = 16):
                     blend = gr.Slider(0, 1, value=0.5, step=0.05, label="Blend: 0 = this model (fidelity), "
                                                                         "1 = the other (perception)")
                 with gr.Group(visible=first.restorer.task == "inpaint") as mask_group:
-                    editor = gr.ImageEditor(label="Paint the holes (first image)", type="numpy", transforms=(),
+                    editor = gr.ImageEditor(label="Paint the holes (first image)", type="numpy", transforms=(), elem_id="editor",
                                             sources=("upload",), layers=False,
                                             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
                     mask_file = gr.File(label="...or upload a mask (white = hole, the image's size)",
@@ -432,7 +432,7 @@ def build_app(service: RestoreService, queue_size: int = 16):
                     precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision", visible=on_gpu)
                 button = gr.Button("Restore", variant="primary", elem_id="restore")
             with gr.Column():
-                comparison = gr.ImageSlider(label="Before (bicubic) / after", type="filepath", format="png",
+                comparison = gr.ImageSlider(label="Before (the input, bicubic to the output size) / after", type="filepath", format="png",
                                             elem_id="comparison")
                 shown_image = gr.Dropdown(label="Show", visible=False)
                 downloads = gr.File(label="Download (full resolution PNG)", file_count="multiple",
