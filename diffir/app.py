@@ -364,8 +364,7 @@ def build_app(service: RestoreService, queue_size: int = 16):
     def restore_page(files, name, seed, tile, tile_overlap, precision, blend_with, blend, mask_file, editor,
                      progress=gr.Progress()):  # noqa: B008  (how gradio passes a progress bar)
         start = time.perf_counter()
-        paths = [getattr(f, "name", f) for f in (files or [])]
-        results = run(paths, name, seed, tile, tile_overlap, precision, blend_with, blend,
+        results = run(files or [], name, seed, tile, tile_overlap, precision, blend_with, blend,
                       mask_source(mask_file, editor), progress)
         seconds = time.perf_counter() - start
         status = (f"Restored {len(results)} image{'s' * (len(results) > 1)} in {seconds:.1f} s on "
@@ -395,7 +394,7 @@ def build_app(service: RestoreService, queue_size: int = 16):
         if not files or service.model(name).restorer.task != "inpaint":
             return gr.update()
         try:
-            return to_uint8(read_image(getattr(files[0], "name", files[0])))
+            return to_uint8(read_image(files[0]))
         except ValueError:
             return gr.update()  # reported when restoring
 
@@ -443,7 +442,8 @@ def build_app(service: RestoreService, queue_size: int = 16):
         model.change(settings_for, model, [scale, blend_group, blend_with, mask_group, info],
                      api_visibility="private")
         scale.input(lambda name, s: service.model_for_scale(name, s), [model, scale], model, api_visibility="private")
-        files.upload(preview_for_editor, [files, model], editor, api_visibility="private")
+        for event in (files.upload, model.change):  # the first image goes under the brush
+            event(preview_for_editor, [files, model], editor, api_visibility="private")
         button.click(restore_page,
                      [files, model, seed, tile, tile_overlap, precision, blend_with, blend, mask_file, editor],
                      [comparison, downloads, status, shown_image, shown],
