@@ -28,7 +28,8 @@ import torch
 from PIL import Image as PILImage
 
 from .image_io import IMAGE_EXTENSIONS, hole_mask, is_image_file, read_image, read_mask, write_image
-from .restorer import PRECISIONS, Restorer, mask_to_array
+from .restorer import Restorer, mask_to_array
+from .utils.precision import PRECISIONS
 from .zoo import ZOO
 
 DEFAULT_MODEL = "demo-sr-x4"
