@@ -210,6 +210,7 @@ def test_prepare_datasets_says_what_it_wrote(tmp_path, capsys):
 
 
 # ------------------------------------------------------------------------------ several processes
+@pytest.mark.slow
 def test_torchrun_splits_a_folder_and_matches_one_process_byte_for_byte(tmp_path, checkpoint):
     images(tmp_path / "in", 3, size=(12, 16))
     images(tmp_path / "in2", 2, size=(10, 8), seed=1)  # a second size
