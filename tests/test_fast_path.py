@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from diffir import DiffIRS1, DiffIRS2
-from diffir.archs.dirformer import DIRformer
+from diffir.archs import dirformer_fast
+from diffir.archs.dirformer import DIRformer, IPRSequential, plain_block
 from diffir.utils.compile import compile_arguments, compile_network
 from official_fixture import load_fixture, materialize
 
@@ -94,6 +95,19 @@ def test_impl_shares_state_dict_and_defaults_to_auto():
         shapes = [(k, v.shape) for k, v in default.state_dict().items()]
         assert shapes == [(k, v.shape) for k, v in plain.state_dict().items()]
         plain.load_state_dict(default.state_dict())  # strict
+
+
+def test_impl_and_checkpointing_are_set_on_every_level():
+    net, x, ipr = tiny_dirformer("deblur")
+    levels = [m for m in net.modules() if isinstance(m, IPRSequential)]
+    assert len(levels) == 8
+    assert all(m.run_block is dirformer_fast.transformer_block and not m.use_checkpoint for m in levels)
+    net.impl, net.use_checkpoint = "plain", True
+    assert all(m.run_block is plain_block and m.use_checkpoint for m in levels)
+    net.impl = "auto"
+    net.to("meta")  # 'auto' follows the device of the input, at the next call
+    assert net(x.to("meta"), ipr.to("meta")).shape == x.shape
+    assert all(m.run_block is plain_block for m in levels)
 
 
 def test_network_options_select_impl_and_checkpointing():

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 N_FEATS = 64  # hard-coded in the official code: the IPR always has 4 * 64 = 256 values
+IPR_DIM = 4 * N_FEATS
 GT_UNSHUFFLE = 4
 
 
