@@ -352,8 +352,9 @@ class DIRformer(nn.Module):
         dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1), ipr)
 
         if self.head == "sr":
-            out = self.tail(self.refinement(dec1, ipr)) + F.interpolate(inp_img, scale_factor=self.scale,
-                                                                       mode="nearest")
+            feat = self.refinement(dec1, ipr)
+            upsampled = F.interpolate(inp_img, scale_factor=self.scale, mode="nearest")
+            out = dirformer_fast.sr_tail(self.tail, feat, upsampled) if fast else self.tail(feat) + upsampled
         elif self.head == "restore":
             out = self.output(self.refinement(dec1, ipr)) + inp_img
         else:

@@ -9,6 +9,8 @@ state dict; ``DIRformer(impl=...)`` picks the path.
   fold into a per-sample copy of the following 1x1 conv (one batched GEMM, no pass over the tokens).
 * Attention: the C x C logits are normalised instead of q and k, and ``project_out`` folds into the
   attention map, so "attn @ v, project, add the residual" is one GEMM.
+* Without autograd, the x4 SR tail runs on bands of rows (:func:`sr_tail`): at 256x256 LR its
+  activations would otherwise take over a gigabyte.
 * Without autograd the tail runs in row bands and residual adds happen in place (less memory).
 
 It matches the plain path to float rounding (about 1e-6 in float32, 1e-13 in float64).
@@ -113,7 +115,8 @@ def feed_forward_residual(ffn: nn.Module, norm: nn.Module, tokens: torch.Tensor,
     """``tokens + DGFN(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch."""
     b, n, c = tokens.shape
     x1, x2 = modulated_projections(tokens, norm, ffn.kernel, ipr, ffn.project_in, ffn.dwconv, 2, h, w)
-    gated = (F.gelu(x1) * x2).view(b * n, -1)
+    gated = F.gelu(x1)
+    gated = (gated * x2 if torch.is_grad_enabled() else gated.mul_(x2)).view(b * n, -1)
     residual = tokens if ffn.project_out.bias is None else tokens + ffn.project_out.bias
     return torch.addmm(residual.view(b * n, c), gated, ffn.project_out.weight.flatten(1).t()).view(b, n, c)
 
@@ -123,3 +126,23 @@ def transformer_block(block: nn.Module, x: torch.Tensor, ipr: torch.Tensor) -> t
     h, w = x.shape[-2:]
     tokens = attention_residual(block.attn, block.norm1, tokens_of(x), ipr, h, w)
     return image_of(feed_forward_residual(block.ffn, block.norm2, tokens, ipr, h, w), h, w)
+
+
+TAIL_BAND_PIXELS = 8192  # LR pixels per band of the x4 tail: its largest activations are then 64 MB
+TAIL_HALO = 2  # LR rows at a band edge that the zero padding of the tail's three 3x3 convs reaches
+
+
+def sr_tail(tail: nn.Module, feat: torch.Tensor, upsampled: torch.Tensor) -> torch.Tensor:
+    """``tail(feat) + upsampled`` for the x4 SR tail. Without autograd the tail runs on bands of rows
+    (each with a halo of rows above and below) added in place into ``upsampled``, so that its 2x and
+    4x resolution activations never exist for the whole image at once."""
+    if torch.is_grad_enabled():
+        return tail(feat) + upsampled
+    height, width = feat.shape[-2:]
+    rows = max(8, TAIL_BAND_PIXELS // width)
+    for top in range(0, height, rows):
+        bottom = min(top + rows, height)
+        first, last = max(top - TAIL_HALO, 0), min(bottom + TAIL_HALO, height)
+        band = tail(feat[:, :, first:last])
+        upsampled[:, :, 4 * top:4 * bottom] += band[:, :, 4 * (top - first):4 * (bottom - first)]
+    return upsampled
