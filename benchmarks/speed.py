@@ -51,7 +51,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import diffir  # noqa: F401  (before basicsr: installs the torchvision alias basicsr needs)
 import torch
@@ -224,8 +224,8 @@ def worker() -> None:
     run = setup = None
     while True:
         command, argument = pickle.load(requests)
-        if command == "case":
-            case, setup = argument
+        if command == "case":  # dataclasses travel as dicts: the driver may know this module by another name
+            case, setup = Case(**argument[0]), Setup(**argument[1])
             run = None
             gc.collect()
             run = (train_run if case.train else inference_run)(case, setup)
@@ -245,8 +245,11 @@ def worker() -> None:
 # --------------------------------------------------------------------------- driver side
 class Worker:
     def __init__(self):
+        # the worker imports the diffir that this process imported, wherever that is
+        root = os.path.dirname(os.path.dirname(os.path.abspath(diffir.__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
 
     def ask(self, command: str, argument=None):
         pickle.dump((command, argument), self.process.stdin)
@@ -267,7 +270,7 @@ class Worker:
 def measure(case: Case, workers: dict, setup: Setup, thread_counts: list[int], repeats: int) -> list[dict]:
     """Rows of one case: per thread count, median CPU seconds of each side over interleaved runs."""
     sides = {"plain": PLAIN, "fast": setup}
-    first = {name: workers[name].ask("case", (case, side)) for name, side in sides.items()}
+    first = {name: workers[name].ask("case", (asdict(case), asdict(side))) for name, side in sides.items()}
     maxdiff = (first["plain"][0] - first["fast"][0]).abs().max().item()
     rows = []
     for threads in thread_counts:

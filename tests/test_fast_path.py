@@ -1,11 +1,13 @@
 """The fast DIRformer path against the plain reference path, activation checkpointing, autocast, compile."""
+import os
+
 import pytest
 import torch
 
 from diffir import DiffIRS1, DiffIRS2
 from diffir.archs import dirformer_fast
 from diffir.archs.dirformer import DIRformer, IPRSequential, plain_block
-from diffir.utils.compile import compile_arguments, compile_network
+from diffir.utils.compile import compile_arguments, compile_network, graph_cache_dir
 from official_fixture import load_fixture, materialize
 
 # Tiny versions of every task head; two blocks on levels with several heads and bias=True somewhere,
@@ -240,3 +242,15 @@ def test_compile_network_compiles_the_dirformer_in_place():
     assert net.G._compiled_call_impl is not None and net.condition._compiled_call_impl is None
     assert list(net.state_dict()) == keys
     assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_compile_keeps_graphs_in_a_persistent_cache_unless_the_environment_names_one(monkeypatch, tmp_path):
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    net = DIRformer(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)
+    compile_network(net, {"backend": "aot_eager"})
+    assert graph_cache_dir() == tmp_path / "diffir" / "torchinductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(graph_cache_dir())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compile_network(net, {"backend": "aot_eager"})
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")
