@@ -57,6 +57,7 @@ def sr_x4_options() -> dict:
     """The DIRformer options of the official x4 SR network (diffir/zoo.py, read without diffir)."""
     spec = importlib.util.spec_from_file_location("gpu_check_zoo", REPO / "diffir" / "zoo.py")
     zoo = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = zoo  # its dataclass looks itself up there
     spec.loader.exec_module(zoo)
     preset = zoo.PRESETS["sr-x4"]
     keys = ("inp_channels", "out_channels", "dim", "num_blocks", "num_refinement_blocks", "heads",
