@@ -245,7 +245,9 @@ def test_compile_network_compiles_the_dirformer_in_place():
 
 
 def test_compile_keeps_graphs_in_a_persistent_cache_unless_the_environment_names_one(monkeypatch, tmp_path):
-    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch sets once inductor is imported
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     net = DIRformer(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)
     compile_network(net, {"backend": "aot_eager"})

@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch.nn as nn
+from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 ARGUMENTS = ("mode", "backend", "fullgraph", "dynamic", "options")
@@ -69,6 +70,9 @@ def compile_network(net: nn.Module, option) -> nn.Module:
     network, as ``option`` asks (see the module docstring); returns ``net``."""
     arguments = compile_arguments(option)
     if arguments is not None:
-        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(graph_cache_dir()))
+        # torch writes its /tmp default into the environment once inductor is imported: only a
+        # directory set to something else is the user's choice
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(graph_cache_dir())
         getattr(net, "G", net).compile(**arguments)
     return net
