@@ -1,74 +1,102 @@
-"""The fast DIRformer path against the plain reference path, side by side in one run.
+"""Speed and memory of the fast DIRformer path against the plain reference path.
 
-Both paths run the same weights (random, official full-size configurations from ``diffir.zoo``:
-the x4 SR network and the deblurring network). The plain path always runs in float32 eager mode;
-the compared side runs ``--fast-impl`` (the fast path by default; ``plain`` measures precision and
-compilation alone) in ``--dtype`` (autocast), optionally under ``torch.compile`` (``--compile``), and
-is fed channels_last inputs (which also speeds up CPEN's convolutions). For each case it prints the
-median latency of each path, its throughput, the speedup and the largest absolute difference
-between the two outputs:
+The plain path is the stand-in for the official code (it runs within 6% of it, bit-identical).
+Both sides run the same random weights of the official full-size configurations (``diffir.zoo``).
+Cases, each at 1 and at 2 threads (``--threads``):
 
 * inference of DiffIRS2 (CPEN_S2, the 4-step IPR diffusion from a fixed noise, the DIRformer):
   x4 SR at 64x64, 128x128 and 256x256 LR inputs, deblurring at 256x256;
-* one training iteration of S1 and S2 for x4 SR: forward, L1 (S2: + the KD L1 between its IPR and
-  that of a frozen CPEN_S1), backward, Adam step;
-* the share of S2 inference time spent in CPEN_S2 + the denoiser steps (at 256x256, fast path);
-* with ``--image``: the PSNR of each path's x4 SR of that photo against the photo (``--weights`` loads
-  a trained DiffIRS2 checkpoint for this; with random weights the PSNRs themselves mean nothing but
-  their difference still measures the numerical deviation).
+* one training iteration of S1 and of S2 for x4 SR, batch 2, LR 32x32 -> GT 128x128 by default
+  (``--train-lr-size 64``: the official 256x256 GT patch): forward, L1 (S2: + the KD L1 between its
+  IPR and that of a frozen CPEN_S1), backward, Adam step.
 
-Repetitions of the two paths are interleaved and medians reported, so that load from other
-processes hits both alike. The last line is machine-readable, for the 128x128 x4 SR case and the
-two training iterations together::
+Each side runs in a worker process of its own (this script with ``--worker``), so that nothing one
+side does to the process (memory it keeps, thread pools, compiled graphs) helps the other. The two
+are driven alternately, one repetition each (interleaved, the order alternating), and each worker
+measures the CPU time of its run (``time.process_time``; synchronised wall time on CUDA). Ratios of
+medians of CPU time stay meaningful on a machine that other jobs load. Peak memory is the growth of
+the worker's resident set during its first run of a case (sampled every millisecond, Linux), above
+the loaded network; its first-run time includes compilation with ``--compile``.
 
-    speedup inference=<x> train=<y> maxdiff=<z>
+The table gives, per case and thread count, the medians of each side, the ratio plain / compared
+side, the largest absolute difference between the two outputs (training: of the first
+iteration's output) and the peak memory of each side. Also printed: the share of S2 inference spent
+in CPEN_S2 + the denoiser steps (fast path, 128x128), with ``--image`` the PSNR of each side's x4 SR
+of that photo (``--weights``: a trained checkpoint; with random weights only the difference means
+something), and the seconds per output megapixel of x4 SR at 256x256 LR. The last line is
+machine-readable: the smallest inference and training speedups over the cases (1 thread), the
+largest output difference and the largest peak-memory ratio compared / plain of the x4 SR inference
+cases at 128x128 and 256x256::
+
+    speedup inference=<x> train=<y> maxdiff=<z> memory=<m>
 
 Examples::
 
-    python benchmarks/speed.py --quick                       # CPU, a few minutes
-    python benchmarks/speed.py --device cuda --dtype bf16 --image /work/shared/data/photos/dune_grass.png
-    python benchmarks/speed.py --device cuda --dtype bf16 --fast-impl plain --compile --compile-mode reduce-overhead
+    python benchmarks/speed.py                 # CPU, every case at 1 and 2 threads (< 10 minutes)
+    python benchmarks/speed.py --quick         # 1 thread, one repetition
+    python benchmarks/speed.py --dtype bf16 --image demo_data/val/dandelion_field.png \\
+        --weights pretrained/demo_DiffIRS2_x4.safetensors --photo-size 256
+    python benchmarks/speed.py --compile       # the fast path under torch.compile
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
+import gc
+import os
+import pickle
 import statistics
+import subprocess
+import sys
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import diffir  # noqa: F401  (before basicsr: installs the torchvision alias basicsr needs)
 import torch
 import torch.nn.functional as F
 
 from diffir import DiffIRS1, DiffIRS2
+from diffir.archs.cpen import IPR_DIM
 from diffir.archs.detect import network_for_state_dict
-from diffir.archs.ipr_diffusion import IPR_DIM
-from diffir.metrics import tensor_psnr
 from diffir.checkpoint import read_state_dict
+from diffir.metrics import tensor_psnr
 from diffir.image_io import ImageReadError, read_image, split_image
 from diffir.utils.compile import MODES, compile_network
 from diffir.zoo import PRESETS, stage_one
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 DTYPE_NAMES = {dtype: name for name, dtype in DTYPES.items()}
+SR_SIZES = (64, 128, 256)
+MEMORY_CASES = ("infer sr-x4 128x128", "infer sr-x4 256x256")
 
 
 @dataclass(frozen=True)
 class Setup:
-    device: torch.device
-    dtype: torch.dtype
-    compile_mode: str | None  # torch.compile mode for the fast path's DIRformer; None: eager
-    fast_impl: str = "fast"  # the DIRformer implementation of the compared ("fast") side
+    """How the compared side runs (the plain side: impl='plain', fp32, eager)."""
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    compile_mode: str | None = None  # torch.compile mode of the DIRformer; None: eager
+    impl: str = "fast"  # the DIRformer implementation
 
     def autocast(self):
         if self.dtype == torch.float32:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        return torch.autocast(self.device, dtype=self.dtype)
 
-    def synchronize(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+
+PLAIN = Setup(impl="plain")
+
+
+@dataclass(frozen=True)
+class Case:
+    label: str
+    options: dict  # network constructor arguments
+    stage: int  # 1 or 2
+    train: bool
+    size: int  # LR side
+    batch: int = 1
 
 
 def constructor_kwargs(preset: str, stage: int) -> dict:
@@ -77,142 +105,225 @@ def constructor_kwargs(preset: str, stage: int) -> dict:
     return {k: v for k, v in options.items() if k != "type"}
 
 
-def build_pair(preset: str, stage: int, setup: Setup, mode: str) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """A plain and a fast network with the same random weights."""
-    cls = DiffIRS2 if stage == 2 else DiffIRS1
-    torch.manual_seed(0)
-    plain = cls(**constructor_kwargs(preset, stage), impl="plain").to(setup.device)
-    fast = cls(**constructor_kwargs(preset, stage), impl=setup.fast_impl).to(setup.device)
-    fast.load_state_dict(plain.state_dict())
-    for net in (plain, fast):
-        net.train(mode == "train")
-    return plain, compile_network(fast, setup.compile_mode)
+def build(options: dict, stage: int, impl: str = "plain") -> torch.nn.Module:
+    torch.manual_seed(0)  # the same weights in every process
+    return (DiffIRS2 if stage == 2 else DiffIRS1)(**options, impl=impl)
 
 
 def channels_last(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def median_times(runs: dict, repeats: int, setup: Setup, warmup: int) -> tuple[dict, dict, dict]:
-    """Median seconds of each named callable over interleaved repetitions (the order alternates), the
-    output of each one's first call, and the seconds of that first call (compilation included)."""
-    outputs, first_call = {}, {}
-    for name, run in runs.items():
-        for _ in range(warmup):  # also triggers compilation and cuDNN autotuning
-            setup.synchronize()
-            start = time.perf_counter()
-            out = run()
-            setup.synchronize()
-            if name not in outputs:  # a copy: CUDA-graph replays reuse their output memory
-                outputs[name] = out.clone()
-                first_call[name] = time.perf_counter() - start
-    times = {name: [] for name in runs}
-    for r in range(repeats):
-        for name in (list(runs) if r % 2 == 0 else list(reversed(runs))):
-            setup.synchronize()
-            start = time.perf_counter()
-            runs[name]()
-            setup.synchronize()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}, outputs, first_call
-
-
-def compare(run_plain, run_fast, repeats: int, setup: Setup, warmup: int) -> dict:
-    medians, outputs, first_call = median_times({"plain": run_plain, "fast": run_fast}, repeats, setup, warmup)
-    return {**medians, "out_plain": outputs["plain"], "out_fast": outputs["fast"], "first_fast": first_call["fast"]}
-
-
-def max_abs_diff(a: torch.Tensor, b: torch.Tensor) -> float:
-    return (a.float() - b.float()).abs().max().item()
-
-
-def report(label: str, result: dict, images: int) -> dict:
-    plain, fast = result["plain"], result["fast"]
-    result["speedup"] = plain / fast
-    result["maxdiff"] = max_abs_diff(result["out_plain"], result["out_fast"])
-    print(f"{label:<28} plain {plain * 1e3:9.1f} ms {images / plain:8.2f} img/s | fast {fast * 1e3:9.1f} ms "
-          f"{images / fast:8.2f} img/s | speedup {result['speedup']:5.2f}x | maxdiff {result['maxdiff']:.2e} | "
-          f"fast first call {result['first_fast']:.1f} s", flush=True)
-    return result
-
-
-# --------------------------------------------------------------------------- inference
-@torch.inference_mode()
-def inference_case(preset: str, size: int, setup: Setup, repeats: int, warmup: int) -> dict:
-    plain, fast = build_pair(preset, 2, setup, "eval")
+# --------------------------------------------------------------------------- worker side
+def inference_run(case: Case, setup: Setup):
+    net = compile_network(build(case.options, 2, setup.impl).eval().to(setup.device), setup.compile_mode)
     generator = torch.Generator().manual_seed(1)
-    lq = torch.rand(1, 3, size, size, generator=generator).to(setup.device)
+    lq = torch.rand(1, 3, case.size, case.size, generator=generator).to(setup.device)
     noise = torch.randn(1, IPR_DIM, generator=generator).to(setup.device)
-    lq_fast = channels_last(lq)
+    if setup != PLAIN:
+        lq = channels_last(lq)
 
-    def run_fast():
+    @torch.inference_mode()
+    def run() -> torch.Tensor:
         with setup.autocast():
-            return fast(lq_fast, noise=noise)
+            return net(lq, noise=noise)
 
-    result = compare(lambda: plain(lq, noise=noise), run_fast, repeats, setup, warmup)
-    return report(f"infer {preset} {size}x{size}", result, images=1)
+    return run
+
+
+def train_run(case: Case, setup: Setup):
+    net = build(case.options, case.stage, setup.impl).train().to(setup.device)
+    generator = torch.Generator().manual_seed(2)
+    lq = torch.rand(case.batch, 3, case.size, case.size, generator=generator).to(setup.device)
+    gt = torch.rand(case.batch, 3, 4 * case.size, 4 * case.size, generator=generator).to(setup.device)
+    noise = torch.randn(case.batch, IPR_DIM, generator=generator).to(setup.device)
+    if setup != PLAIN:
+        lq, gt = channels_last(lq), channels_last(gt)
+    if case.stage == 2:  # a frozen stage-one CPEN provides the IPR that stage two learns to estimate
+        cpen_s1 = build(stage_one_options(case.options), 1).E.to(setup.device).eval().requires_grad_(False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.99))
+    scaler = torch.amp.GradScaler(setup.device, enabled=setup.dtype == torch.float16)
+
+    def run() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        with setup.autocast():
+            if case.stage == 1:
+                out, _ = net(lq, gt)
+                loss = F.l1_loss(out, gt)
+            else:
+                with torch.no_grad():
+                    ipr_s1 = cpen_s1(lq, gt)
+                out, iprs = net(lq, ipr_s1, noise=noise)
+                loss = F.l1_loss(out, gt) + F.l1_loss(iprs[-1], ipr_s1)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return out.detach()
+
+    return run
+
+
+def stage_one_options(options: dict) -> dict:
+    """Stage-one network options of a stage-two network (the S2-only arguments dropped)."""
+    return {k: v for k, v in stage_one(options).items() if k != "type"}
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def first_run(run, device: str) -> tuple[torch.Tensor, float, float]:
+    """Output, seconds and peak memory growth (MB; NaN where unmeasurable) of the first call."""
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        start = time.perf_counter()
+        out = run()
+        torch.cuda.synchronize()
+        return out.clone(), time.perf_counter() - start, (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+    if not os.path.exists("/proc/self/statm"):
+        start = time.process_time()
+        return run(), time.process_time() - start, float("nan")
+    with contextlib.suppress(OSError):  # hand freed memory back to the OS so the baseline is what is live
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    base, peak, done = _rss_bytes(), [0], threading.Event()
+
+    def sample():  # torch kernels release the GIL, so this thread keeps sampling during the run
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.001)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    start = time.process_time()
+    out = run()
+    seconds = time.process_time() - start
+    done.set()
+    sampler.join()
+    return out, seconds, max(0, peak[0] - base) / 2 ** 20
+
+
+def timed(run, device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        return time.perf_counter() - start
+    start = time.process_time()
+    run()
+    return time.process_time() - start
+
+
+def worker() -> None:
+    """``--worker``: build and run cases as the parent asks, over pickles on stdin / stdout."""
+    requests, replies = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # anything printed must not corrupt the reply stream
+    run = setup = None
+    while True:
+        command, argument = pickle.load(requests)
+        if command == "case":  # dataclasses travel as dicts: the driver may know this module by another name
+            case, setup = Case(**argument[0]), Setup(**argument[1])
+            run = None
+            gc.collect()
+            run = (train_run if case.train else inference_run)(case, setup)
+            reply = first_run(run, setup.device)
+            reply = (reply[0].float().cpu(), *reply[1:])
+        elif command == "threads":
+            torch.set_num_threads(argument)
+            reply = None
+        elif command == "run":
+            reply = timed(run, setup.device)
+        else:
+            return
+        pickle.dump(reply, replies)
+        replies.flush()
+
+
+# --------------------------------------------------------------------------- driver side
+class Worker:
+    def __init__(self):
+        # the worker imports the diffir that this process imported, wherever that is
+        root = os.path.dirname(os.path.dirname(os.path.abspath(diffir.__file__)))
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+
+    def ask(self, command: str, argument=None):
+        pickle.dump((command, argument), self.process.stdin)
+        self.process.stdin.flush()
+        try:
+            return pickle.load(self.process.stdout)
+        except EOFError:
+            raise RuntimeError(f"the benchmark worker exited (code {self.process.wait()}) on {command!r}; "
+                               f"its error is above") from None
+
+    def close(self) -> None:
+        with contextlib.suppress(BrokenPipeError):
+            pickle.dump(("quit", None), self.process.stdin)
+            self.process.stdin.close()
+        self.process.wait()
+
+
+def measure(case: Case, workers: dict, setup: Setup, thread_counts: list[int], repeats: int) -> list[dict]:
+    """Rows of one case: per thread count, median CPU seconds of each side over interleaved runs."""
+    sides = {"plain": PLAIN, "fast": setup}
+    first = {name: workers[name].ask("case", (asdict(case), asdict(side))) for name, side in sides.items()}
+    maxdiff = (first["plain"][0] - first["fast"][0]).abs().max().item()
+    rows = []
+    for threads in thread_counts:
+        for name in sides:
+            workers[name].ask("threads", threads)
+        times = {name: [] for name in sides}
+        for r in range(repeats):
+            for name in (list(sides) if r % 2 == 0 else list(reversed(sides))):
+                times[name].append(workers[name].ask("run"))
+        plain, fast = (statistics.median(times[name]) for name in sides)
+        rows.append({"case": case.label, "threads": threads, "plain": plain, "fast": fast, "speedup": plain / fast,
+                     "maxdiff": maxdiff, "plain_mb": first["plain"][2], "fast_mb": first["fast"][2],
+                     "first_fast": first["fast"][1], "images": case.batch})
+        print_row(rows[-1])
+    return rows
+
+
+def print_header(setup: Setup, repeats: int) -> None:
+    compiled = f", torch.compile mode={setup.compile_mode}" if setup.compile_mode else ""
+    load = f"; load average {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else ""
+    print(f"# {setup.device}; compared side: impl={setup.impl}, {DTYPE_NAMES[setup.dtype]}{compiled}, "
+          f"channels_last inputs; plain: fp32 eager; medians of {repeats} interleaved repetitions of CPU time"
+          f"{load}", flush=True)
+    print(f"{'case':<30} {'thr':>3} {'plain s':>9} {'fast s':>9} {'ratio':>6} {'maxdiff':>8} {'plain MB':>9} "
+          f"{'fast MB':>8} {'mem':>5} {'fast 1st s':>10}", flush=True)
+
+
+def print_row(row: dict) -> None:
+    memory = row["fast_mb"] / row["plain_mb"] if row["plain_mb"] > 0 else float("nan")
+    print(f"{row['case']:<30} {row['threads']:>3} {row['plain']:>9.3f} {row['fast']:>9.3f} {row['speedup']:>5.2f}x "
+          f"{row['maxdiff']:>8.1e} {row['plain_mb']:>9.0f} {row['fast_mb']:>8.0f} {memory:>5.2f} "
+          f"{row['first_fast']:>10.1f}", flush=True)
 
 
 @torch.inference_mode()
 def diffusion_share(size: int, setup: Setup, repeats: int) -> float:
-    """Share of fast-path S2 x4 SR inference time spent in CPEN_S2 + the denoiser steps."""
-    _, fast = build_pair("sr-x4", 2, setup, "eval")
+    """Share of S2 x4 SR inference time of the compared side spent in CPEN_S2 + the denoiser steps."""
+    net = compile_network(build(constructor_kwargs("sr-x4", 2), 2, setup.impl).eval().to(setup.device),
+                          setup.compile_mode)
     lq = channels_last(torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)).to(setup.device))
     noise = torch.zeros(1, IPR_DIM, device=setup.device)
 
-    def whole():
+    def median_time(**kwargs) -> float:
         with setup.autocast():
-            return fast(lq, noise=noise)
+            net(lq, noise=noise, **kwargs)
+            return statistics.median(timed(lambda: net(lq, noise=noise, **kwargs), setup.device)
+                                     for _ in range(repeats))
 
-    def ipr_only():
-        with setup.autocast():
-            return fast(lq, noise=noise, ipr_only=True)
-
-    medians, _, _ = median_times({"whole": whole, "ipr": ipr_only}, repeats, setup, warmup=1)
-    share = medians["ipr"] / medians["whole"]
-    print(f"S2 x4 SR {size}x{size}: whole {medians['whole'] * 1e3:.1f} ms, CPEN_S2 + {fast.diffusion.num_timesteps} "
-          f"denoiser steps {medians['ipr'] * 1e3:.1f} ms = {share:.1%} of inference (target <= 5%)", flush=True)
-    return share
-
-
-# --------------------------------------------------------------------------- training
-def train_case(stage: int, setup: Setup, batch: int, lr_size: int, repeats: int, warmup: int) -> dict:
-    plain, fast = build_pair("sr-x4", stage, setup, "train")
-    generator = torch.Generator().manual_seed(2)
-    lq = torch.rand(batch, 3, lr_size, lr_size, generator=generator).to(setup.device)
-    gt = torch.rand(batch, 3, 4 * lr_size, 4 * lr_size, generator=generator).to(setup.device)
-    noise = torch.randn(batch, IPR_DIM, generator=generator).to(setup.device)
-    if stage == 2:  # a frozen stage-one CPEN provides the IPR that stage two learns to estimate
-        torch.manual_seed(0)
-        cpen_s1 = DiffIRS1(**constructor_kwargs("sr-x4", 1)).E.to(setup.device).eval().requires_grad_(False)
-
-    def trainer(net: torch.nn.Module, dtype: torch.dtype, lq: torch.Tensor, gt: torch.Tensor):
-        optimizer = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.99))
-        scaler = torch.amp.GradScaler(setup.device.type, enabled=dtype == torch.float16)
-        precision = Setup(setup.device, dtype, compile_mode=None, fast_impl=setup.fast_impl)
-
-        def iteration() -> torch.Tensor:
-            optimizer.zero_grad(set_to_none=True)
-            with precision.autocast():
-                if stage == 1:
-                    out, _ = net(lq, gt)
-                    loss = F.l1_loss(out, gt)
-                else:
-                    with torch.no_grad():
-                        ipr_s1 = cpen_s1(lq, gt)
-                    out, iprs = net(lq, ipr_s1, noise=noise)
-                    loss = F.l1_loss(out, gt) + F.l1_loss(iprs[-1], ipr_s1)
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
-            return out.detach()
-
-        return iteration
-
-    # maxdiff compares the first iterations' outputs, computed from the same weights
-    result = compare(trainer(plain, torch.float32, lq, gt),
-                     trainer(fast, setup.dtype, channels_last(lq), channels_last(gt)), repeats, setup, warmup)
-    return report(f"train S{stage} x4 SR b{batch} {lr_size}->{4 * lr_size}", result, images=batch)
+    whole, ipr = median_time(), median_time(ipr_only=True)
+    print(f"S2 x4 SR {size}x{size}: whole {whole * 1e3:.1f} ms, CPEN_S2 + {net.diffusion.num_timesteps} denoiser "
+          f"steps {ipr * 1e3:.1f} ms = {ipr / whole:.1%} of inference (target <= 5%)", flush=True)
+    return ipr / whole
 
 
 # --------------------------------------------------------------------------- PSNR on a photo
@@ -229,18 +340,21 @@ def load_photo(path: str, size: int) -> torch.Tensor:
     return torch.from_numpy(image[top:top + size, left:left + size]).permute(2, 0, 1)[None]
 
 
-def trained_pair(weights: str, setup: Setup) -> tuple[torch.nn.Module, torch.nn.Module]:
-    """The plain and the compared network, both with the weights of a checkpoint (configuration
-    inferred from them)."""
-    state_dict, _ = read_state_dict(weights)
-    plain, fast = (network_for_state_dict(state_dict, origin=weights).to(setup.device) for _ in range(2))
-    plain.G.impl, fast.G.impl = "plain", setup.fast_impl
-    return plain, compile_network(fast, setup.compile_mode)
+def photo_pair(weights: str | None, setup: Setup) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """The plain and the compared x4 SR network, both with the weights of a checkpoint (configuration
+    inferred from them) or with the same random weights."""
+    if weights:
+        state_dict, _ = read_state_dict(weights)
+        plain, fast = (network_for_state_dict(state_dict, origin=weights) for _ in range(2))
+    else:
+        plain, fast = (build(constructor_kwargs("sr-x4", 2), 2) for _ in range(2))
+    plain.G.impl, fast.G.impl = "plain", setup.impl
+    return plain.eval().to(setup.device), compile_network(fast.eval().to(setup.device), setup.compile_mode)
 
 
 @torch.inference_mode()
 def photo_psnr(path: str, weights: str | None, size: int, setup: Setup) -> float:
-    plain, fast = trained_pair(weights, setup) if weights else build_pair("sr-x4", 2, setup, "eval")
+    plain, fast = photo_pair(weights, setup)
     if fast.scale != 4:
         raise ValueError(f"--weights: {weights} is a x{fast.scale} network; the PSNR check needs an x4 SR network")
     hr = load_photo(path, size).to(setup.device)
@@ -252,11 +366,20 @@ def photo_psnr(path: str, weights: str | None, size: int, setup: Setup) -> float
     p_plain, p_fast = tensor_psnr(out_plain, hr), tensor_psnr(out_fast, hr)
     kind = "trained" if weights else "random"
     print(f"PSNR x4 SR of {path} ({size}x{size}, {kind} weights): plain fp32 {p_plain:.4f} dB, "
-          f"{setup.fast_impl} {DTYPE_NAMES[setup.dtype]} {p_fast:.4f} dB, difference {abs(p_fast - p_plain):.4f} dB "
+          f"{setup.impl} {DTYPE_NAMES[setup.dtype]} {p_fast:.4f} dB, difference {abs(p_fast - p_plain):.4f} dB "
           f"(target <= 0.01); the two outputs: {tensor_psnr(out_fast, out_plain):.1f} dB, "
-          f"maxdiff {max_abs_diff(out_fast, out_plain):.2e}",
+          f"maxdiff {(out_fast.float() - out_plain).abs().max().item():.2e}",
           flush=True)
     return p_fast - p_plain
+
+
+def cases(args) -> list[Case]:
+    sr = constructor_kwargs("sr-x4", 2)
+    inference = [Case(f"infer sr-x4 {size}x{size}", sr, 2, False, size) for size in SR_SIZES]
+    inference.append(Case("infer deblur 256x256", constructor_kwargs("deblur", 2), 2, False, 256))
+    lr, gt = args.train_lr_size, 4 * args.train_lr_size
+    return inference + [Case(f"train S{stage} b{args.train_batch} {lr}->{gt}", constructor_kwargs("sr-x4", stage),
+                             stage, True, lr, args.train_batch) for stage in (1, 2)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -268,44 +391,48 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch.compile mode with --compile ('reduce-overhead' uses CUDA graphs)")
     parser.add_argument("--fast-impl", default="fast", choices=["fast", "plain"],
                         help="DIRformer implementation of the compared side (plain: measure only --dtype / --compile)")
-    parser.add_argument("--quick", action="store_true", help="fewer sizes and repetitions (for a CPU)")
-    parser.add_argument("--repeats", type=int, help="timed repetitions per path (default 3 quick, 10 otherwise)")
-    parser.add_argument("--threads", type=int, help="torch intra-op threads on the CPU (default: torch's choice)")
-    parser.add_argument("--train-batch", type=int, help="training batch (default 8 on cuda, as official; 2 on cpu)")
-    parser.add_argument("--train-lr-size", type=int, default=64,
-                        help="training LR patch side (default 64: the official 256x256 GT patch)")
+    parser.add_argument("--quick", action="store_true", help="1 thread and one repetition per case")
+    parser.add_argument("--repeats", type=int, help="timed repetitions per side (default 3; 1 with --quick)")
+    parser.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")],
+                        help="comma-separated CPU thread counts (default 1,2; 1 with --quick)")
+    parser.add_argument("--train-batch", type=int, default=2, help="training batch (default 2)")
+    parser.add_argument("--train-lr-size", type=int, default=32,
+                        help="training LR patch side (default 32; 64 is the official 256x256 GT patch)")
     parser.add_argument("--image", help="a photo for the PSNR check (x4 SR of a centre crop)")
     parser.add_argument("--photo-size", type=int, default=512, help="side of the photo's centre crop (HR)")
     parser.add_argument("--weights", help="a trained x4 SR DiffIRS2 checkpoint for the PSNR check (configuration "
                                           "inferred from it, e.g. pretrained/demo_DiffIRS2_x4.safetensors)")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-
+    if args.worker:
+        worker()
+        return
     if args.device == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda: no CUDA device is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    setup = Setup(torch.device(args.device), DTYPES[args.dtype], args.compile_mode if args.compile else None,
-                  args.fast_impl)
-    cuda = args.device == "cuda"
-    repeats = args.repeats or (3 if args.quick else 10)
-    warmup = 2 if args.compile or cuda else 1
-    sr_sizes = [64, 128] if args.quick else [64, 128, 256]
-    batch = args.train_batch or (8 if cuda else 2)
-    device_name = torch.cuda.get_device_name() if cuda else f"CPU, {torch.get_num_threads()} threads"
-    compiled = f", torch.compile mode={args.compile_mode}" if args.compile else ""
-    print(f"# {device_name}; compared side: impl={args.fast_impl}, {args.dtype}{compiled}, channels_last inputs; "
-          f"plain path: fp32 eager; medians of {repeats} interleaved repetitions", flush=True)
-
-    results = {size: inference_case("sr-x4", size, setup, repeats, warmup) for size in sr_sizes}
-    inference_case("deblur", 256, setup, repeats, warmup)
-    train = [train_case(stage, setup, batch, args.train_lr_size, repeats, warmup) for stage in (1, 2)]
-    diffusion_share(256, setup, max(2, repeats // 2))
+    setup = Setup(args.device, DTYPES[args.dtype], args.compile_mode if args.compile else None, args.fast_impl)
+    repeats = args.repeats or (1 if args.quick else 3)
+    thread_counts = args.threads or ([1] if args.quick else [1, 2])
+    print_header(setup, repeats)
+    workers = {"plain": Worker(), "fast": Worker()}
+    try:
+        rows = [row for case in cases(args) for row in measure(case, workers, setup, thread_counts, repeats)]
+    finally:
+        for w in workers.values():
+            w.close()
+    torch.set_num_threads(thread_counts[0])
+    diffusion_share(128, setup, repeats)
     if args.image:
         photo_psnr(args.image, args.weights, args.photo_size, setup)
 
-    train_speedup = sum(r["plain"] for r in train) / sum(r["fast"] for r in train)
-    print(f"speedup inference={results[128]['speedup']:.3f} train={train_speedup:.3f} "
-          f"maxdiff={results[128]['maxdiff']:.3e}")
+    single = [row for row in rows if row["threads"] == thread_counts[0]]
+    largest = next(row for row in single if row["case"] == f"infer sr-x4 {SR_SIZES[-1]}x{SR_SIZES[-1]}")
+    megapixels = (4 * SR_SIZES[-1]) ** 2 / 1e6
+    print(f"x4 SR, {thread_counts[0]} thread(s): {largest['plain'] / megapixels:.2f} s per output megapixel plain, "
+          f"{largest['fast'] / megapixels:.2f} compared side", flush=True)
+    memory = max(row["fast_mb"] / row["plain_mb"] for row in single if row["case"] in MEMORY_CASES)
+    print(f"speedup inference={min(r['speedup'] for r in single if not r['case'].startswith('train')):.3f} "
+          f"train={min(r['speedup'] for r in single if r['case'].startswith('train')):.3f} "
+          f"maxdiff={max(r['maxdiff'] for r in rows):.3e} memory={memory:.3f}")
 
 
 if __name__ == "__main__":

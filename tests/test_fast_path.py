@@ -1,10 +1,13 @@
 """The fast DIRformer path against the plain reference path, activation checkpointing, autocast, compile."""
+import os
+
 import pytest
 import torch
 
 from diffir import DiffIRS1, DiffIRS2
-from diffir.archs.dirformer import DIRformer
-from diffir.utils.compile import compile_arguments, compile_network
+from diffir.archs import dirformer_fast
+from diffir.archs.dirformer import DIRformer, IPRSequential, plain_block
+from diffir.utils.compile import compile_arguments, compile_network, graph_cache_dir
 from official_fixture import load_fixture, materialize
 
 # Tiny versions of every task head; two blocks on levels with several heads and bias=True somewhere,
@@ -84,6 +87,22 @@ def test_fast_matches_plain_for_channels_last_input_and_batch_of_one():
     assert (out - ref).abs().max().item() <= 1e-4
 
 
+@pytest.mark.parametrize(("variant", "size"), [("sr_x4", (32, 24)), ("sr_x1", (96, 32))])
+def test_sr_tail_in_row_bands_matches_whole_tail(variant, size, monkeypatch):
+    """Without autograd the fast path runs the x4 tail on bands of 8 feature rows (here 4 or 3 bands);
+    the halo must make the seams exact."""
+    net, _, ipr = tiny_dirformer(variant)
+    x = torch.rand(2, 3, *size)
+    monkeypatch.setattr(dirformer_fast, "TAIL_BAND_PIXELS", 8)
+    net.eval()
+    with torch.no_grad():
+        net.impl = "plain"
+        ref = net(x, ipr)
+        net.impl = "fast"
+        out = net(x, ipr)
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
 def test_impl_shares_state_dict_and_defaults_to_auto():
     for cls, extra in ((DiffIRS1, {}), (DiffIRS2, {"timesteps": 4})):
         options = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, n_encoder_res=1, scale=4, **extra)
@@ -94,6 +113,19 @@ def test_impl_shares_state_dict_and_defaults_to_auto():
         shapes = [(k, v.shape) for k, v in default.state_dict().items()]
         assert shapes == [(k, v.shape) for k, v in plain.state_dict().items()]
         plain.load_state_dict(default.state_dict())  # strict
+
+
+def test_impl_and_checkpointing_are_set_on_every_level():
+    net, x, ipr = tiny_dirformer("deblur")
+    levels = [m for m in net.modules() if isinstance(m, IPRSequential)]
+    assert len(levels) == 8
+    assert all(m.run_block is dirformer_fast.transformer_block and not m.use_checkpoint for m in levels)
+    net.impl, net.use_checkpoint = "plain", True
+    assert all(m.run_block is plain_block and m.use_checkpoint for m in levels)
+    net.impl = "auto"
+    net.to("meta")  # 'auto' follows the device of the input, at the next call
+    assert net(x.to("meta"), ipr.to("meta")).shape == x.shape
+    assert all(m.run_block is plain_block for m in levels)
 
 
 def test_network_options_select_impl_and_checkpointing():
@@ -210,3 +242,17 @@ def test_compile_network_compiles_the_dirformer_in_place():
     assert net.G._compiled_call_impl is not None and net.condition._compiled_call_impl is None
     assert list(net.state_dict()) == keys
     assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_compile_keeps_graphs_in_a_persistent_cache_unless_the_environment_names_one(monkeypatch, tmp_path):
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())  # what torch sets once inductor is imported
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    net = DIRformer(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1)
+    compile_network(net, {"backend": "aot_eager"})
+    assert graph_cache_dir() == tmp_path / "diffir" / "torchinductor"
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(graph_cache_dir())
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "mine"))
+    compile_network(net, {"backend": "aot_eager"})
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "mine")

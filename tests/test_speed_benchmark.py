@@ -1,5 +1,5 @@
 """benchmarks/speed.py end to end, on tiny networks: its cases, the PSNR check with trained weights
-and the machine-readable last line."""
+and the machine-readable last line; benchmarks/gpu_check.py without a GPU."""
 import importlib.util
 import re
 import sys
@@ -33,20 +33,27 @@ def run(speed, capsys, *args) -> str:
 def test_fast_path_report(speed, capsys):
     out = run(speed, capsys, "--image", str(REPO / "demo_data" / "val" / "dandelion_field.png"), "--photo-size", "64",
               "--weights", str(REPO / "pretrained" / "demo_DiffIRS2_x4.safetensors"))
-    for case in ("infer sr-x4 64x64", "infer sr-x4 128x128", "infer deblur 256x256", "train S1", "train S2"):
-        assert case in out
+    for case in ("infer sr-x4 64x64", "infer sr-x4 128x128", "infer sr-x4 256x256", "infer deblur 256x256",
+                 "train S1 b2 8->32", "train S2 b2 8->32"):
+        row = re.search(rf"^{case} +1 +([\d.]+) +([\d.]+) +([\d.]+)x +(\S+) +(\d+) +(\d+) ", out, re.MULTILINE)
+        assert row, case
+        plain, fast, ratio, maxdiff = (float(v) for v in row.groups()[:4])
+        assert plain > 0 and fast > 0 and abs(ratio - plain / fast) <= 0.01 * ratio + 0.01 and maxdiff <= 1e-4
+        assert float(row[5]) > 0  # peak memory of the plain side
+    assert re.search(r"x4 SR, 1 thread\(s\): [\d.]+ s per output megapixel plain", out)
     assert re.search(r"CPEN_S2 \+ 4 denoiser steps [\d.]+ ms = [\d.]+% of inference", out)
     psnr = re.search(r"trained weights\): plain fp32 ([\d.]+) dB, fast fp32 ([\d.]+) dB, difference ([\d.]+) dB", out)
     assert psnr and float(psnr[1]) > 20 and float(psnr[3]) <= 1e-3
-    last = re.fullmatch(r"speedup inference=([\d.]+) train=([\d.]+) maxdiff=(\S+)", out.strip().splitlines()[-1])
-    assert last and float(last[1]) > 0 and float(last[2]) > 0 and float(last[3]) <= 1e-4
+    last = re.fullmatch(r"speedup inference=([\d.]+) train=([\d.]+) maxdiff=(\S+) memory=([\d.]+)",
+                        out.strip().splitlines()[-1])
+    assert last and float(last[1]) > 0 and float(last[2]) > 0 and float(last[3]) <= 1e-4 and float(last[4]) > 0
 
 
 def test_plain_bf16_side(speed, capsys):
     """--fast-impl plain --dtype bf16 measures reduced precision alone: only rounding differs."""
     out = run(speed, capsys, "--fast-impl", "plain", "--dtype", "bf16")
     assert "compared side: impl=plain, bf16" in out
-    maxdiff = float(out.strip().splitlines()[-1].split("maxdiff=")[1])
+    maxdiff = float(out.strip().splitlines()[-1].split("maxdiff=")[1].split()[0])
     assert 0 < maxdiff <= 0.1
 
 
@@ -60,3 +67,17 @@ def test_photo_is_read_as_rgb_centre_crop(speed, tmp_path):
     (tmp_path / "bad.png").write_bytes(b"garbage")
     with pytest.raises(FileNotFoundError, match="--image: cannot read .*bad.png as an image"):
         speed.load_photo(str(tmp_path / "bad.png"), 64)
+
+
+def test_gpu_check_skips_without_a_gpu(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert module.main([]) == 0
+    assert capsys.readouterr().out == "gpu_check: no CUDA device; skipped the GPU cases (nothing measured)\n"
+    # what it measures on a GPU builds from the repository alone: the official x4 SR DIRformer
+    options = module.sr_x4_options()
+    assert options["dim"] == 64 and options["num_blocks"] == [13, 1, 1, 1] and options["scale"] == 4
+    net = module.load_archs().DIRformer(**{**options, "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1})
+    assert net(torch.rand(1, 3, 8, 8), torch.randn(1, 256)).shape == (1, 3, 32, 32)

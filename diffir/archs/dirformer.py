@@ -22,19 +22,10 @@ Task heads (``head``):
 
 Two implementations share every parameter (``impl``; the state dict is the same):
 
-* ``'plain'``: the reference, a line-by-line transcription of the official maths, verified
+* ``'plain'``: the blocks below, a line-by-line transcription of the official maths, verified
   bit-exact in float64 against the official code.
-* ``'fast'``: the same function computed with less memory traffic. The network runs in
-  ``channels_last`` memory format, so (B, C, H, W) feature maps are (B, H*W, C) token matrices
-  without copies: LayerNorm reduces over the contiguous channel axis, and depthwise convolutions use
-  their fast channels-last kernels. The LayerNorm affine and the IPR scale/shift are per (sample,
-  channel), so they fold into a per-sample copy of the following 1x1 conv (one batched GEMM). The
-  attention normalises its C x C logits instead of q and k, and folds ``project_out`` into the
-  attention map, so "attn @ v, project, add the residual" is one GEMM. It matches the plain path to
-  float rounding (about 1e-6 in float32, 1e-13 in float64). ``scaled_dot_product_attention`` is
-  not used: its "sequence" here would be the channels (<= 512) and its head dimension H*W, far
-  beyond the 256 of the flash kernels; on the CPU it measured no faster than the explicit
-  products, and the explicit form is what lets the norms and ``project_out`` fold in.
+* ``'fast'``: the same function computed with less memory traffic from the same modules
+  (dirformer_fast.py).
 
 The default ``'auto'`` takes the fast path on the CPU and the plain path on GPUs, where the fast
 path measured slower (H100, full-size SR x4: 0.73x inference, 0.79x training in fp32; see
@@ -42,21 +33,23 @@ docs/speed.md).
 
 ``use_checkpoint=True`` recomputes each transformer block in the backward pass instead of storing
 its activations (training memory for compute), for either implementation.
+
+The blocks take no such flags: the DIRformer sets, once per change of ``impl``, ``use_checkpoint``
+or device, how each level (:class:`IPRSequential`) runs its blocks.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from einops import rearrange
 from torch.utils.checkpoint import checkpoint
 
-IPR_DIM = 256  # 4 * n_feats with the official, hard-coded n_feats = 64
+from . import dirformer_fast
+from .cpen import IPR_DIM
 
 HEADS = ("sr", "restore", "inpaint")
 IMPLS = ("auto", "fast", "plain")
 LAYER_NORM_EPS = 1e-5
-F_NORMALIZE_EPS = 1e-12  # the norm floor of F.normalize, which the plain attention uses
 
 
 # --------------------------------------------------------------------------- LayerNorm
@@ -82,24 +75,17 @@ class ChannelLayerNorm(nn.Module):
         if layer_norm_type not in ("BiasFree", "WithBias"):
             raise ValueError(f"LayerNorm_type must be 'BiasFree' or 'WithBias', got {layer_norm_type!r}")
         self.subtract_mean = layer_norm_type == "WithBias"
+        self.eps = LAYER_NORM_EPS
         self.body = _LayerNormAffine(dim, with_bias=self.subtract_mean)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         var = x.var(dim=1, keepdim=True, unbiased=False)
         if self.subtract_mean:
             x = x - x.mean(dim=1, keepdim=True)
-        x = x / torch.sqrt(var + LAYER_NORM_EPS) * self.body.weight[:, None, None]
+        x = x / torch.sqrt(var + self.eps) * self.body.weight[:, None, None]
         if self.body.bias is not None:
             x = x + self.body.bias[:, None, None]
         return x
-
-    def normalize_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Fast path: the normalisation of (B, N, C) tokens without the gain and bias (those fold into
-        the next 1x1 conv, see :func:`modulated_projections`)."""
-        if self.subtract_mean:
-            return F.layer_norm(tokens, tokens.shape[-1:], eps=LAYER_NORM_EPS)
-        centred = tokens - tokens.mean(dim=-1, keepdim=True)
-        return tokens * torch.rsqrt(centred.square().mean(dim=-1, keepdim=True) + LAYER_NORM_EPS)
 
 
 def ipr_modulation(dim: int) -> nn.Sequential:
@@ -110,59 +96,6 @@ def ipr_modulation(dim: int) -> nn.Sequential:
 def modulate(x: torch.Tensor, kernel: nn.Module, ipr: torch.Tensor) -> torch.Tensor:
     scale, shift = kernel(ipr)[:, :, None, None].chunk(2, dim=1)
     return x * scale + shift  # a plain scale, no "1 +": as in the paper and the official code
-
-
-# --------------------------------------------------------------------------- fast-path helpers
-def tokens_of(image: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H*W, C); a view when ``image`` is channels_last."""
-    b, c, h, w = image.shape
-    return image.permute(0, 2, 3, 1).reshape(b, h * w, c)
-
-
-def image_of(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """(B, H*W, C) contiguous tokens -> a channels_last (B, C, H, W) view."""
-    b, _, c = tokens.shape
-    return tokens.view(b, h, w, c).permute(0, 3, 1, 2)
-
-
-def fold_modulation(norm: ChannelLayerNorm, kernel: nn.Module, ipr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The LayerNorm affine (g, b) and the IPR modulation (a, s) as one per-(sample, channel) gain and
-    shift: ``(n*g + b)*a + s = n*(g*a) + (b*a + s)``. Returns (gain, shift), each (B, C)."""
-    scale, shift = kernel(ipr).chunk(2, dim=1)
-    if norm.body.bias is not None:
-        shift = shift + scale * norm.body.bias
-    return scale * norm.body.weight, shift
-
-
-def depthwise(tokens: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: int, w: int) -> torch.Tensor:
-    """A depthwise 3x3 conv of (B, H*W, C) tokens through their channels_last image view."""
-    image = image_of(tokens, h, w)
-    return tokens_of(F.conv2d(image, weight, bias, padding=1, groups=image.shape[1]))
-
-
-def modulated_projections(tokens: torch.Tensor, norm: ChannelLayerNorm, kernel: nn.Module, ipr: torch.Tensor,
-                          pointwise: nn.Conv2d, dwconv: nn.Conv2d, chunks: int, h: int, w: int) -> list[torch.Tensor]:
-    """``dwconv(pointwise(modulate(norm(tokens)))).chunk(chunks)`` for (B, H*W, C) tokens.
-
-    The LayerNorm affine and the IPR modulation act per (sample, channel) (:func:`fold_modulation`), so
-    they fold into a per-sample copy of the 1x1 conv's weight and bias: they cost no pass over the tokens. Each chunk (q, k, v; or the
-    GELU branch and the gate) then gets its own GEMM and depthwise conv, so that every chunk is a
-    contiguous tensor: elementwise ops on a strided slice of one wide tensor are several times slower.
-    """
-    gain, shift = fold_modulation(norm, kernel, ipr)
-    normalized = norm.normalize_tokens(tokens)
-    weight = pointwise.weight.flatten(1)  # (out, C)
-    folded_bias = shift @ weight.t()  # (B, out)
-    if pointwise.bias is not None:
-        folded_bias = folded_bias + pointwise.bias
-    size = pointwise.out_channels // chunks
-    dw_biases = [None] * chunks if dwconv.bias is None else dwconv.bias.split(size)
-    # split rather than index: the backward of a split is one concatenation
-    parts = zip((weight * gain.unsqueeze(1)).split(size, dim=1), folded_bias.split(size, dim=1),
-                dwconv.weight.split(size), dw_biases)
-    return [depthwise(torch.baddbmm(part_bias.unsqueeze(1), normalized, part_weight.transpose(1, 2)), dw_weight,
-                      dw_bias, h, w)
-            for part_weight, part_bias, dw_weight, dw_bias in parts]
 
 
 # --------------------------------------------------------------------------- DMTA and DGFN
@@ -181,36 +114,15 @@ class DynamicTransposedAttention(nn.Module):
         self.project_out = nn.Conv2d(dim, dim, kernel_size=1, bias=bias)
 
     def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
+        b, c, h, w = x.shape
         x = modulate(x, self.kernel, ipr)
         q, k, v = self.qkv_dwconv(self.qkv(x)).chunk(3, dim=1)
-        q, k, v = (rearrange(t, "b (head c) h w -> b head c (h w)", head=self.num_heads) for t in (q, k, v))
+        # b (head c) h w -> b head c (h w)
+        q, k, v = (t.reshape(b, self.num_heads, c // self.num_heads, h * w) for t in (q, k, v))
         q = F.normalize(q, dim=-1)
         k = F.normalize(k, dim=-1)
         attn = ((q @ k.transpose(-2, -1)) * self.temperature).softmax(dim=-1)
-        out = rearrange(attn @ v, "b head c (h w) -> b (head c) h w", head=self.num_heads, h=h, w=w)
-        return self.project_out(out)
-
-    def forward_fast(self, tokens: torch.Tensor, norm: ChannelLayerNorm, ipr: torch.Tensor, h: int,
-                     w: int) -> torch.Tensor:
-        """Fast path: ``tokens + DMTA(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch."""
-        b, n, c = tokens.shape
-        heads, head_channels = self.num_heads, c // self.num_heads
-        q, k, v = modulated_projections(tokens, norm, self.kernel, ipr, self.qkv, self.qkv_dwconv, 3, h, w)
-        # (B, heads, head_channels, N) views that matmul reads as transposed matrices
-        q_heads, k_heads = (t.view(b, n, heads, head_channels).permute(0, 2, 3, 1) for t in (q, k))
-        if q.dtype == torch.float16:  # q.k and q*q can overflow float16: normalise first, as the plain path does
-            logits = F.normalize(q_heads, dim=-1) @ F.normalize(k_heads, dim=-1).transpose(-2, -1) * self.temperature
-        else:  # normalising the C x C product instead of q and k saves two passes over them
-            q_norm, k_norm = (t.square().sum(dim=1).sqrt().clamp_min(F_NORMALIZE_EPS).view(b, heads, head_channels, 1)
-                              for t in (q, k))
-            logits = (q_heads @ k_heads.transpose(-2, -1)) * (self.temperature / q_norm) / k_norm.transpose(-2, -1)
-        attn = logits.softmax(dim=-1)
-        # project_out(attn @ v) = v @ (W_out . blockdiag(attn))^T: one GEMM over the pixels, plus the residual
-        w_out = self.project_out.weight.view(c, heads, head_channels).transpose(0, 1)  # (heads, C, head_channels)
-        mix = (w_out @ attn).transpose(1, 2).reshape(b, c, c)
-        residual = tokens if self.project_out.bias is None else tokens + self.project_out.bias
-        return torch.baddbmm(residual, v, mix.transpose(1, 2))
+        return self.project_out((attn @ v).reshape(b, c, h, w))
 
 
 class DynamicGatedFeedForward(nn.Module):
@@ -229,18 +141,9 @@ class DynamicGatedFeedForward(nn.Module):
         x1, x2 = self.dwconv(x).chunk(2, dim=1)
         return self.project_out(F.gelu(x1) * x2)
 
-    def forward_fast(self, tokens: torch.Tensor, norm: ChannelLayerNorm, ipr: torch.Tensor, h: int,
-                     w: int) -> torch.Tensor:
-        """Fast path: ``tokens + DGFN(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch."""
-        b, n, c = tokens.shape
-        x1, x2 = modulated_projections(tokens, norm, self.kernel, ipr, self.project_in, self.dwconv, 2, h, w)
-        gated = (F.gelu(x1) * x2).view(b * n, -1)
-        residual = tokens if self.project_out.bias is None else tokens + self.project_out.bias
-        return torch.addmm(residual.view(b * n, c), gated, self.project_out.weight.flatten(1).t()).view(b, n, c)
-
 
 class DynamicTransformerBlock(nn.Module):
-    """``x + DMTA(LN(x))``, then ``x + DGFN(LN(x))``; the path and checkpointing are DIRformer's choice."""
+    """``x + DMTA(LN(x))``, then ``x + DGFN(LN(x))``."""
 
     def __init__(self, dim, num_heads, ffn_expansion_factor, bias, layer_norm_type):
         super().__init__()
@@ -249,28 +152,33 @@ class DynamicTransformerBlock(nn.Module):
         self.norm2 = ChannelLayerNorm(dim, layer_norm_type)
         self.ffn = DynamicGatedFeedForward(dim, ffn_expansion_factor, bias)
 
-    def forward(self, x: torch.Tensor, ipr: torch.Tensor, fast: bool, use_checkpoint: bool) -> torch.Tensor:
-        body = self._forward_fast if fast else self._forward_plain
-        if use_checkpoint and self.training and torch.is_grad_enabled():
-            return checkpoint(body, x, ipr, use_reentrant=False)
-        return body(x, ipr)
-
-    def _forward_plain(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x), ipr)
         return x + self.ffn(self.norm2(x), ipr)
 
-    def _forward_fast(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
-        h, w = x.shape[-2:]
-        tokens = self.attn.forward_fast(tokens_of(x), self.norm1, ipr, h, w)
-        return image_of(self.ffn.forward_fast(tokens, self.norm2, ipr, h, w), h, w)
+
+def plain_block(block: DynamicTransformerBlock, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+    return block(x, ipr)
 
 
 class IPRSequential(nn.Sequential):
-    """A stack of dynamic transformer blocks that all receive the same IPR."""
+    """A stack of dynamic transformer blocks that all receive the same IPR.
 
-    def forward(self, x: torch.Tensor, ipr: torch.Tensor, fast: bool, use_checkpoint: bool) -> torch.Tensor:
+    ``run_block(block, x, ipr)`` computes one block (the plain forward, or the fast path's function of
+    the same weights); ``use_checkpoint`` recomputes each block in the backward pass when training.
+    The DIRformer sets both.
+    """
+
+    run_block = staticmethod(plain_block)
+    use_checkpoint = False
+
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for block in self:
-            x = block(x, ipr, fast, use_checkpoint)
+            if recompute:
+                x = checkpoint(self.run_block, block, x, ipr, use_reentrant=False)
+            else:
+                x = self.run_block(block, x, ipr)
         return x
 
 
@@ -378,8 +286,9 @@ class DIRformer(nn.Module):
             self.tail = x4_upsampler_tail(d2, out_channels)
         else:
             self.output = nn.Conv2d(d2, out_channels, 3, padding=1, bias=bias)
+        self._use_checkpoint = bool(use_checkpoint)
+        self._running = None  # the implementation the levels are set up for
         self.impl = impl
-        self.use_checkpoint = bool(use_checkpoint)
 
     @property
     def impl(self) -> str:
@@ -390,6 +299,25 @@ class DIRformer(nn.Module):
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
         self._impl = impl
+        self._set_up_levels(self.resolve_impl(self.patch_embed.proj.weight.device))
+
+    @property
+    def use_checkpoint(self) -> bool:
+        return self._use_checkpoint
+
+    @use_checkpoint.setter
+    def use_checkpoint(self, enabled: bool) -> None:
+        self._use_checkpoint = bool(enabled)
+        self._set_up_levels(self._running)
+
+    def _set_up_levels(self, impl: str) -> None:
+        """Tell every level how to run its blocks (one walk over the modules)."""
+        run_block = dirformer_fast.transformer_block if impl == "fast" else plain_block
+        for module in self.modules():
+            if isinstance(module, IPRSequential):
+                module.run_block = run_block
+                module.use_checkpoint = self._use_checkpoint
+        self._running = impl
 
     def resolve_impl(self, device: torch.device) -> str:
         """'auto' is the fast path on the CPU and the plain path elsewhere: on an H100 the plain path
@@ -404,32 +332,30 @@ class DIRformer(nn.Module):
         return 8 * self.input_unshuffle
 
     def forward(self, inp_img: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
-        fast = self.resolve_impl(inp_img.device) == "fast"
-        out = self._forward(inp_img, ipr, fast)
-        return out.contiguous() if fast else out
-
-    def _forward(self, inp_img: torch.Tensor, ipr: torch.Tensor, fast: bool) -> torch.Tensor:
-        def blocks(level: IPRSequential, x: torch.Tensor) -> torch.Tensor:
-            return level(x, ipr, fast, self.use_checkpoint)
+        impl = self.resolve_impl(inp_img.device)
+        if impl != self._running:  # 'auto' on a network moved to another device since
+            self._set_up_levels(impl)
+        fast = impl == "fast"
 
         x = F.pixel_unshuffle(inp_img, self.input_unshuffle) if self.input_unshuffle > 1 else inp_img
         if fast:  # every conv, shuffle and block below then keeps channels_last
             x = x.contiguous(memory_format=torch.channels_last)
         emb = self.patch_embed.proj(x)
-        enc1 = blocks(self.encoder_level1, emb)
-        enc2 = blocks(self.encoder_level2, self.down1_2(enc1))
-        enc3 = blocks(self.encoder_level3, self.down2_3(enc2))
-        latent = blocks(self.latent, self.down3_4(enc3))
+        enc1 = self.encoder_level1(emb, ipr)
+        enc2 = self.encoder_level2(self.down1_2(enc1), ipr)
+        enc3 = self.encoder_level3(self.down2_3(enc2), ipr)
+        latent = self.latent(self.down3_4(enc3), ipr)
 
-        dec3 = blocks(self.decoder_level3, self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)))
-        dec2 = blocks(self.decoder_level2, self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)))
-        dec1 = blocks(self.decoder_level1, torch.cat([self.up2_1(dec2), enc1], 1))
+        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)), ipr)
+        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)), ipr)
+        dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1), ipr)
 
         if self.head == "sr":
-            feat = blocks(self.refinement, dec1)
-            return self.tail(feat) + F.interpolate(inp_img, scale_factor=self.scale, mode="nearest")
-        if self.head == "restore":
-            return self.output(blocks(self.refinement, dec1)) + inp_img
-        if self.dual_pixel_task:
-            dec1 = dec1 + self.skip_conv(emb)
-        return self.output(dec1)
+            feat = self.refinement(dec1, ipr)
+            upsampled = F.interpolate(inp_img, scale_factor=self.scale, mode="nearest")
+            out = dirformer_fast.sr_tail(self.tail, feat, upsampled) if fast else self.tail(feat) + upsampled
+        elif self.head == "restore":
+            out = self.output(self.refinement(dec1, ipr)) + inp_img
+        else:
+            out = self.output(dec1 + self.skip_conv(emb) if self.dual_pixel_task else dec1)
+        return out.contiguous() if fast else out

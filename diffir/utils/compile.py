@@ -15,6 +15,13 @@ on the CPU a shape-generic graph of the full-size DIRformer ran several times sl
 specialised one, and slower than eager mode. Each new input size then costs one more compilation
 (minutes for the full-size network on a CPU).
 
+Compiled graphs are reused across processes: inductor's on-disk FX graph cache (and AOTAutograd's,
+for training) is kept on, in ``$XDG_CACHE_HOME/diffir/torchinductor`` (``~/.cache/...``) rather than
+torch's default under ``/tmp``, which many systems clear. A second run at the same input size then
+loads its graphs instead of compiling them again. ``TORCHINDUCTOR_CACHE_DIR`` set in the
+environment takes precedence; ``TORCHINDUCTOR_FX_GRAPH_CACHE=0`` turns the cache off. For tiled
+inference, all tiles share one size, so one graph serves a whole image.
+
 Only the DIRformer of a DiffIR network is compiled: it is nearly all the compute, and CPEN and the
 few IPR diffusion steps (a Python loop over timesteps) would only add graphs. Compilation is in
 place (``nn.Module.compile``), so parameter names and state-dict keys stay those of the eager
@@ -22,7 +29,9 @@ network (no ``_orig_mod.`` prefix) and checkpoints are interchangeable.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # torch is not imported here: command lines read MODES before parsing
@@ -52,10 +61,21 @@ def compile_arguments(option) -> dict | None:
     return {"dynamic": False, **option}
 
 
+def graph_cache_dir() -> Path:
+    """Where compiled graphs are kept between processes unless ``TORCHINDUCTOR_CACHE_DIR`` says otherwise."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffir" / "torchinductor"
+
+
 def compile_network(net: nn.Module, option) -> nn.Module:
     """Compile, in place, the DIRformer of a DiffIR network (``net.G``), or the whole of any other
     network, as ``option`` asks (see the module docstring); returns ``net``."""
     arguments = compile_arguments(option)
     if arguments is not None:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # torch only once compiling
+
+        # torch writes its /tmp default into the environment once inductor is imported: only a
+        # directory set to something else is the user's choice
+        if os.environ.get("TORCHINDUCTOR_CACHE_DIR") in (None, os.path.abspath(default_cache_dir())):
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(graph_cache_dir())
         getattr(net, "G", net).compile(**arguments)
     return net
