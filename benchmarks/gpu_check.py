@@ -40,6 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 SIZES = (64, 128, 256)
 EAGER_OPTIONS = ("bf16", "channels_last", "fast", "bf16+cl")
 COMPILE_MODES = ("reduce-overhead", "max-autotune-no-cudagraphs")
+OPTIONS = (*EAGER_OPTIONS, *(f"compile {mode}" for mode in COMPILE_MODES))
+DEFAULT_OPTIONS = tuple(option for option in OPTIONS if "max-autotune" not in option)
 CHANNELS_LAST = ("channels_last", "bf16+cl")
 
 
@@ -170,7 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8, help="training batch (official: 8 per GPU)")
     parser.add_argument("--budget", type=float, default=390,
                         help="seconds after which no further compilation starts (default 390)")
+    parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="LR sizes of the inference cases")
+    parser.add_argument("--options", default=",".join(DEFAULT_OPTIONS),
+                        help=f"comma-separated inference options (default: all but max-autotune, whose kernel "
+                             f"search alone took over 4 minutes per size on an H100); any of {', '.join(OPTIONS)}")
+    parser.add_argument("--train-options", default="bf16,bf16+cl,fast,compile default",
+                        help="comma-separated training options ('' for no training case)")
     args = parser.parse_args(argv)
+    unknown = set(args.options.split(",")) - set(OPTIONS)
+    if unknown:
+        parser.error(f"--options: unknown {sorted(unknown)}; choose from {OPTIONS}")
     if not torch.cuda.is_available():
         print("gpu_check: no CUDA device; skipped the GPU cases (nothing measured)", flush=True)
         return 0
@@ -179,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; full-size x4 SR DIRformer, random weights; "
           f"medians of {args.repeats}; ratio = plain fp32 time / option time", flush=True)
     print(f"{'case':<22} {'option':<34} {'ms':>10} {'ratio':>8} {'dPSNR dB':>10} {'1st s':>9}", flush=True)
-    options = (*EAGER_OPTIONS, *(f"compile {mode}" for mode in COMPILE_MODES))
-    for size in SIZES:
+    options = args.options.split(",")
+    for size in map(int, args.sizes.split(",")):
         case = f"infer LR {size}x{size}"
         plain, reference, first = check.inference("fp32", size)
         hr = smooth_image(4 * size, check.device)
@@ -192,10 +203,12 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             seconds, out, first = check.inference(option, size)
             row(case, option, seconds, plain, first, f"{psnr(out, hr) - plain_psnr:+.4f}")
+    train_options = [option for option in args.train_options.split(",") if option]
     case = f"train b{args.batch} 64->256"
-    plain, first = check.training("fp32")
-    row(case, "plain fp32", plain, plain, first, "")
-    for option in ("bf16", "bf16+cl", "fast", "compile default"):
+    if train_options:
+        plain, first = check.training("fp32")
+        row(case, "plain fp32", plain, plain, first, "")
+    for option in train_options:
         if option.startswith("compile") and check.over_budget():
             print(f"{case:<22} {option:<34} skipped: past the --budget of {args.budget:.0f} s", flush=True)
             continue

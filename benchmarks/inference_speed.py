@@ -139,18 +139,21 @@ def run_device(args, device: str) -> list[dict]:
     for size in args.sizes or DEFAULT_SIZES[restorer.device.type]:
         image, mask = test_image(restorer, 1, size)
         noise = initial_noise(1, 0)
-        latency = timed(lambda: restorer.restore_tensor(image, mask, noise), restorer.device, args.repeats)
+        latency = timed(lambda image=image, mask=mask, noise=noise: restorer.restore_tensor(image, mask, noise),
+                        restorer.device, args.repeats)
         batch_image, batch_mask = test_image(restorer, args.batch, size)
         batch_noise = initial_noise(args.batch, 0)
-        batch_time = timed(lambda: restorer.restore_tensor(batch_image, batch_mask, batch_noise),
-                           restorer.device, args.repeats)
+        batch_time = timed(lambda image=batch_image, mask=batch_mask, noise=batch_noise:
+                           restorer.restore_tensor(image, mask, noise), restorer.device, args.repeats)
         # the two parts of a restoration, on the padded network input
         net_input = image if mask is None else prepare_inpainting_input(image, mask)
         net_input, device_noise = net_input.to(restorer.device), noise.to(restorer.device)
         with torch.no_grad():
             ipr = restorer.net.estimate_ipr(net_input, device_noise)
-            ipr_time = timed(lambda: restorer.net.estimate_ipr(net_input, device_noise), restorer.device, args.repeats)
-            g_time = timed(lambda: restorer.net.restore_with_ipr(net_input, ipr), restorer.device, args.repeats)
+            ipr_time = timed(lambda net_input=net_input, noise=device_noise:
+                             restorer.net.estimate_ipr(net_input, noise), restorer.device, args.repeats)
+            g_time = timed(lambda net_input=net_input, ipr=ipr: restorer.net.restore_with_ipr(net_input, ipr),
+                           restorer.device, args.repeats)
         untiled_mb = peak_memory_mb(args, device, size, None)
         tiled_mb = peak_memory_mb(args, device, size, args.tile)
         untiled_out = restorer.restore_tensor(image, mask, noise).cpu()

@@ -140,7 +140,7 @@ def train_run(case: Case, setup: Setup):
     if setup != PLAIN:
         lq, gt = channels_last(lq), channels_last(gt)
     if case.stage == 2:  # a frozen stage-one CPEN provides the IPR that stage two learns to estimate
-        cpen_s1 = build(stage_one_options(case.options), 1).E.to(setup.device).eval().requires_grad_(False)
+        stage_one = build(stage_one_options(case.options), 1).to(setup.device).eval().requires_grad_(False)
     optimizer = torch.optim.Adam(net.parameters(), lr=2e-4, betas=(0.9, 0.99))
     scaler = torch.amp.GradScaler(setup.device, enabled=setup.dtype == torch.float16)
 
@@ -152,7 +152,7 @@ def train_run(case: Case, setup: Setup):
                 loss = F.l1_loss(out, gt)
             else:
                 with torch.no_grad():
-                    ipr_s1 = cpen_s1(lq, gt)
+                    ipr_s1 = stage_one.estimate_ipr(lq, gt)
                 out, iprs = net(lq, ipr_s1, noise=noise)
                 loss = F.l1_loss(out, gt) + F.l1_loss(iprs[-1], ipr_s1)
         scaler.scale(loss).backward()
@@ -321,7 +321,7 @@ def diffusion_share(size: int, setup: Setup, repeats: int) -> float:
                                      for _ in range(repeats))
 
     whole, ipr = median_time(), median_time(ipr_only=True)
-    print(f"S2 x4 SR {size}x{size}: whole {whole * 1e3:.1f} ms, CPEN_S2 + {net.diffusion.num_timesteps} denoiser "
+    print(f"S2 x4 SR {size}x{size}: whole {whole * 1e3:.1f} ms, CPEN_S2 + {net.timesteps} denoiser "
           f"steps {ipr * 1e3:.1f} ms = {ipr / whole:.1%} of inference (target <= 5%)", flush=True)
     return ipr / whole
 
@@ -348,7 +348,7 @@ def photo_pair(weights: str | None, setup: Setup) -> tuple[torch.nn.Module, torc
         plain, fast = (network_for_state_dict(state_dict, origin=weights) for _ in range(2))
     else:
         plain, fast = (build(constructor_kwargs("sr-x4", 2), 2) for _ in range(2))
-    plain.G.impl, fast.G.impl = "plain", setup.impl
+    plain.impl, fast.impl = "plain", setup.impl
     return plain.eval().to(setup.device), compile_network(fast.eval().to(setup.device), setup.compile_mode)
 
 

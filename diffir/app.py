@@ -95,7 +95,7 @@ def auto_tile(net: torch.nn.Module, precision: str, free_bytes: int) -> int:
     DIRformer's base width (its first convolution's output channels). Images smaller than the tile are
     restored whole.
     """
-    dim = net.G.patch_embed.proj.out_channels
+    dim = net.dim
     bytes_per_float = 4 if precision == "fp32" else 2
     side = math.sqrt(MEMORY_SHARE * free_bytes / (FLOATS_PER_PIXEL_PER_DIM * dim * bytes_per_float))
     side = int(min(max(side, AUTO_TILE_MIN), AUTO_TILE_MAX))
@@ -174,7 +174,8 @@ class RestoreService:
     def blend_partners(self, name: str) -> list[str]:
         """The other loaded models of the same architecture (same weight names and shapes)."""
         shapes = _weight_shapes(self.model(name).restorer)
-        return [other for other in self.models if other != name and _weight_shapes(self.models[other].restorer) == shapes]
+        return [other for other in self.models
+                if other != name and _weight_shapes(self.models[other].restorer) == shapes]
 
     def scales(self, name: str) -> list[int]:
         """The scales among the loaded models that do the task of ``name``."""
@@ -418,8 +419,8 @@ def build_app(service: RestoreService, queue_size: int = 16):
                     blend = gr.Slider(0, 1, value=0.5, step=0.05, label="Blend: 0 = this model (fidelity), "
                                                                         "1 = the other (perception)")
                 with gr.Group(visible=first.restorer.task == "inpaint") as mask_group:
-                    editor = gr.ImageEditor(label="Paint the holes (first image)", type="numpy", transforms=(), elem_id="editor",
-                                            sources=("upload",), layers=False,
+                    editor = gr.ImageEditor(label="Paint the holes (first image)", type="numpy", transforms=(),
+                                            elem_id="editor", sources=("upload",), layers=False,
                                             brush=gr.Brush(colors=["#ffffff"], color_mode="fixed"))
                     mask_file = gr.File(label="...or upload a mask (white = hole, the image's size)",
                                         file_types=list(IMAGE_EXTENSIONS))
@@ -432,8 +433,8 @@ def build_app(service: RestoreService, queue_size: int = 16):
                     precision = gr.Radio(list(PRECISIONS), value="fp32", label="Precision", visible=on_gpu)
                 button = gr.Button("Restore", variant="primary", elem_id="restore")
             with gr.Column():
-                comparison = gr.ImageSlider(label="Before (the input, bicubic to the output size) / after", type="filepath", format="png",
-                                            elem_id="comparison")
+                comparison = gr.ImageSlider(label="Before (the input, bicubic to the output size) / after",
+                                            type="filepath", format="png", elem_id="comparison")
                 shown_image = gr.Dropdown(label="Show", visible=False)
                 downloads = gr.File(label="Download (full resolution PNG)", file_count="multiple",
                                     interactive=False, elem_id="downloads")

@@ -59,7 +59,7 @@ def export_onnx(net: DiffIRS2, path: str | os.PathLike, seed: int | None = None,
     """Write ``net`` to ``path`` as ONNX; ``seed`` bakes the initial noise in, otherwise it is an input."""
     path = Path(path)
     net = copy.deepcopy(net).cpu()  # a copy: the caller's network stays on its device, with its impl
-    net.G.impl = "plain"  # the reference DIRformer path traces to static-rank ONNX ops; same weights
+    net.impl = "plain"  # the reference DIRformer path traces to static-rank ONNX ops; same weights
     model = ExportableStageTwo(net, seed)
     lq = torch.rand(1, net.inp_channels, example_size, example_size)
     inputs, names = (lq,), ["lq"]

@@ -68,7 +68,7 @@ def default_scale(task: str) -> int:
     return 4 if NETWORK_TASK[task] == "sr" else 1
 
 
-def check_task(restorer: "Restorer", task: str | None, scale: int | None) -> None:
+def check_task(restorer: Restorer, task: str | None, scale: int | None) -> None:
     """Refuse a --task / --scale that the loaded model does not do."""
     if task and NETWORK_TASK[task] != restorer.task:
         raise ValueError(f"--task {task} but the model does {restorer.task}")
@@ -170,12 +170,13 @@ class Restorer:
     @classmethod
     def from_pretrained(cls, model: str | Path, options: Mapping | str | Path | None = None,
                         model2: str | Path | None = None, blend: float = 0.0, param_key: str = "params_ema",
-                        **kwargs) -> "Restorer":
+                        **kwargs) -> Restorer:
         """Load a checkpoint (file or zoo name) and build a Restorer; ``kwargs`` go to the constructor.
 
         ``options``: network options as a dict, an option YAML with ``network_g``, or a preset name;
         by default the zoo entry's configuration, else those recorded in a diffir ``.safetensors``
-        file, else inferred from the weights. ``model2`` and ``blend``: interpolate the weights, ``(1 - blend) * model + blend * model2``.
+        file, else inferred from the weights. ``model2`` and ``blend``: interpolate the weights,
+        ``(1 - blend) * model + blend * model2``.
         """
         path, entry = find_model(model)
         if options is None and entry is not None:
@@ -306,7 +307,7 @@ class Restorer:
             if self._run_bands(padded, noise, write_cropped, progress, self.precision):
                 return
             self.fp32_fallbacks += 1
-            warnings.warn(f"{self.precision} gave NaN/inf values; this image was restored again in fp32")
+            warnings.warn(f"{self.precision} gave NaN/inf values; this image was restored again in fp32", stacklevel=2)
         if not self._run_bands(padded, noise, write_cropped, progress, "fp32"):
             raise NonFiniteOutputError(self._non_finite_cause(lq))
 

@@ -158,7 +158,8 @@ def test_degradation_usm_target_and_option_errors():
     with pytest.raises(ValueError, match="queue_size 4 must be a multiple of the training batch size per process"):
         RealESRGANDegradation({**OFFICIAL_DEGRADATION, "scale": 4, "gt_size": 32, "queue_size": 4}, "cpu")(
             degradation_batch(torch.rand(3, 3, 96, 96)))
-    with pytest.raises(ValueError, match=r"too small for the degradation: the first resize can shrink them to 7 pixels"):
+    with pytest.raises(ValueError,
+                       match=r"too small for the degradation: the first resize can shrink them to 7 pixels"):
         degrade(degradation_batch(torch.rand(1, 3, 48, 48)))
     opt = {**OFFICIAL_DEGRADATION, "scale": 4}
     del opt["jpeg_range2"]
@@ -199,7 +200,8 @@ def test_progressive_crop_keeps_first_samples_and_aligns_lq_with_gt():
         lq_out, gt_out = schedule.crop(lq, gt, current_iter=3)
         assert lq_out.shape == (2, 3, 12, 12) and gt_out.shape == (2, 3, 24, 24)
         torch.testing.assert_close(gt_out, lq_out.repeat_interleave(2, dim=-1).repeat_interleave(2, dim=-2))
-        found = [(t, l) for t in range(5) for l in range(5) if torch.equal(lq[:2, :, t:t + 12, l:l + 12], lq_out)]
+        found = [(t, left) for t in range(5) for left in range(5)
+                 if torch.equal(lq[:2, :, t:t + 12, left:left + 12], lq_out)]
         assert len(found) == 1  # one common window for both samples, taken from the first two
         windows.add(found[0])
     assert len(windows) > 1
@@ -379,7 +381,7 @@ def test_option_files_exist_for_every_official_configuration():
 def test_option_file_parses_and_names_registered_components(path, tmp_path):
     opt = parsed(path, tmp_path)
     assert opt["model_type"] in MODEL_REGISTRY, f"model_type {opt['model_type']!r} is not a registered model"
-    for phase, dataset in opt["datasets"].items():
+    for dataset in opt["datasets"].values():
         DATASET_REGISTRY.get(dataset["type"])  # raises KeyError if unknown (with basicsr's suffix fallback)
     for key, loss in opt.get("train", {}).items():
         if key.endswith("_opt") and isinstance(loss, dict) and "type" in loss:
@@ -525,6 +527,7 @@ def test_atomic_writes_keep_the_old_file_when_a_write_fails(tmp_path):
     atomic_torch_save({"w": torch.ones(2)}, target)  # creates the folder
     with pytest.raises(Exception, match="pickle"):
         atomic_torch_save({"w": torch.zeros(2), "f": lambda: 0}, target)  # fails half-way through
-    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2)) and os.listdir(target.parent) == ["x.pth"]
+    assert torch.equal(torch.load(target, weights_only=True)["w"], torch.ones(2))
+    assert os.listdir(target.parent) == ["x.pth"]
     atomic_write_bytes(target, b"raw")
     assert target.read_bytes() == b"raw" and os.listdir(target.parent) == ["x.pth"]

@@ -25,7 +25,8 @@ def test_ddpm_quantities_by_hand():
     # alphas 0.5, 0.5: alpha-bar 0.5, 0.25; alpha-bar_prev 1, 0.5
     expected = {
         "alphas_cumprod": [0.5, 0.25], "alphas_cumprod_prev": [1.0, 0.5],
-        "sqrt_alphas_cumprod": [math.sqrt(0.5), 0.5], "sqrt_one_minus_alphas_cumprod": [math.sqrt(0.5), math.sqrt(0.75)],
+        "sqrt_alphas_cumprod": [math.sqrt(0.5), 0.5],
+        "sqrt_one_minus_alphas_cumprod": [math.sqrt(0.5), math.sqrt(0.75)],
         "log_one_minus_alphas_cumprod": [math.log(0.5), math.log(0.75)],
         "sqrt_recip_alphas_cumprod": [math.sqrt(2), 2.0], "sqrt_recipm1_alphas_cumprod": [1.0, math.sqrt(3)],
         # beta (1 - abar_prev) / (1 - abar): 0 at t = 0, 0.5 * 0.5 / 0.75 at t = 1

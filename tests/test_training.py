@@ -142,7 +142,8 @@ def test_pipeline_stage_one_then_two_then_test(workdir, tiny_diffir, stage_optio
 
     exp2 = run_train(["-opt", str(s2_opt)])
     s2_ckpt = exp2 / "models" / "net_g_latest.pth"
-    assert all(k.startswith(("G.", "condition.", "denoise.", "diffusion.")) for k in torch.load(s2_ckpt, weights_only=True)["params"])
+    s2_params = torch.load(s2_ckpt, weights_only=True)["params"]
+    assert all(k.startswith(("G.", "condition.", "denoise.", "diffusion.")) for k in s2_params)
 
     test_opt = load_yaml(str(DEMO / "test_demo_DiffIRS2_x4.yml"))
     test_opt["network_g"].update(tiny_diffir)
@@ -172,7 +173,8 @@ def test_resume_continues_at_the_same_iteration(stage_options, basicsr_log):
     (exp / "training_states" / ".6.state.123.0123abcd.tmp").write_bytes(b"garbage")
     model = model_from(opt_path)
     model.resume_training(state)
-    assert torch.equal(model.net_g_ema.G.patch_embed.proj.weight, state["networks"]["net_g_ema"]["G.patch_embed.proj.weight"])
+    assert torch.equal(model.net_g_ema.G.patch_embed.proj.weight,
+                       state["networks"]["net_g_ema"]["G.patch_embed.proj.weight"])
     assert model.optimizer_g.state_dict()["state"][0]["step"] == 4
 
     run_train(["-opt", str(opt_path), "--auto_resume"])

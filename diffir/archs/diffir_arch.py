@@ -76,6 +76,7 @@ class _DiffIRBase(nn.Module):
         self.scale = scale if self.task == "sr" else 1
         self.inp_channels = inp_channels
         self.out_channels = out_channels
+        self.dim = dim
         self.G = DIRformer(inp_channels=inp_channels, out_channels=out_channels, dim=dim, num_blocks=num_blocks,
                            num_refinement_blocks=num_refinement_blocks, heads=heads,
                            ffn_expansion_factor=ffn_expansion_factor, bias=bias, LayerNorm_type=LayerNorm_type,
@@ -88,6 +89,15 @@ class _DiffIRBase(nn.Module):
     def size_multiple(self) -> int:
         """LQ height and width must be multiples of this."""
         return self.G.size_multiple
+
+    @property
+    def impl(self) -> str:
+        """The DIRformer implementation in use: 'auto', 'fast' or 'plain' (same weights)."""
+        return self.G.impl
+
+    @impl.setter
+    def impl(self, impl: str) -> None:
+        self.G.impl = impl
 
     def check_lq(self, lq: torch.Tensor) -> None:
         if not isinstance(lq, torch.Tensor) or lq.dim() != 4:
@@ -145,9 +155,13 @@ class DiffIRS1(_DiffIRBase):
     def forward(self, lq: torch.Tensor, gt: torch.Tensor):
         self.check_lq(lq)
         self.check_gt(lq, gt)
-        ipr = self.E(lq, gt)
+        ipr = self.estimate_ipr(lq, gt)
         restored = self.G(lq, ipr)
         return (restored, [ipr]) if self.training else restored
+
+    def estimate_ipr(self, lq: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
+        """CPEN_S1's IPR of an LQ / ground-truth pair: (B, 256), the target of stage two."""
+        return self.E(lq, gt)
 
 
 @ARCH_REGISTRY.register()
@@ -167,6 +181,11 @@ class DiffIRS2(_DiffIRBase):
         self.denoise = IPRDenoiser(n_denoise_res=n_denoise_res, timesteps=timesteps)
         self.diffusion = IPRDiffusion(self.denoise, self.condition, linear_start=linear_start,
                                       linear_end=linear_end, timesteps=timesteps)
+
+    @property
+    def timesteps(self) -> int:
+        """Reverse steps of the IPR diffusion (T)."""
+        return self.diffusion.num_timesteps
 
     def estimate_ipr(self, lq: torch.Tensor, noise: torch.Tensor, tile: int | None = None) -> torch.Tensor:
         """The (B, 256) IPR of ``lq``: CPEN_S2's condition, then the reverse diffusion from ``noise``.

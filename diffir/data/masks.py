@@ -167,7 +167,7 @@ class MaskGenerator:
                            f"{self.max_tries} draws at {height}x{width}; widen the range or change the options")
 
     @classmethod
-    def from_options(cls, options: str | dict) -> "MaskGenerator":
+    def from_options(cls, options: str | dict) -> MaskGenerator:
         """Build from a preset name, or a dict of constructor options (optionally ``preset: name`` plus overrides)."""
         if isinstance(options, str):
             options = {"preset": options}

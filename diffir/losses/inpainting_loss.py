@@ -78,7 +78,8 @@ class NonSaturatingR1Loss(nn.Module):
 
     def __init__(self, loss_weight: float = 10.0, gp_coef: float = 0.001, mask_as_fake_target: bool = True,
                  allow_scale_mask: bool = True, mask_scale_mode: str = "nearest",
-                 extra_mask_weight_for_gen: float = 0.0, use_unmasked_for_gen: bool = True, use_unmasked_for_discr: bool = True):
+                 extra_mask_weight_for_gen: float = 0.0, use_unmasked_for_gen: bool = True,
+                 use_unmasked_for_discr: bool = True):
         super().__init__()
         if use_unmasked_for_discr and not use_unmasked_for_gen:
             raise ValueError("use_unmasked_for_discr needs use_unmasked_for_gen: otherwise the discriminator learns "

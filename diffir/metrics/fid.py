@@ -170,7 +170,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2, method: str = "auto") -> float:
         except np.linalg.LinAlgError:
             if method == "scipy":
                 raise
-            warnings.warn("scipy's sqrtm failed on ill-conditioned covariances; using the eigen-decomposition")
+            warnings.warn("scipy's sqrtm failed on ill-conditioned covariances; using the eigen-decomposition",
+                          stacklevel=2)
     if tr_covmean is None:
         tr_covmean = _trace_sqrt_product_eigh(sigma1, sigma2)
     diff = mu1 - mu2

@@ -50,7 +50,6 @@ from torch.nn.parallel import DistributedDataParallel
 from ..checkpoint import CheckpointError, read_state_dict
 from ..data.degradation import RealESRGANDegradation
 from ..training_state import write_training_state
-from ..utils.atomic import atomic_torch_save
 from ..utils.compile import compile_network
 from ..utils.padding import crop_to, pad_to_multiple
 from ..utils.safetensors_io import save_network_weights
@@ -327,7 +326,8 @@ class DiffIRBaseModel(SRModel):
         outputs, loss_sums = [], OrderedDict()
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
-            sync = nullcontext() if last or not isinstance(self.net_g, DistributedDataParallel) else self.net_g.no_sync()
+            sync = (nullcontext() if last or not isinstance(self.net_g, DistributedDataParallel)
+                    else self.net_g.no_sync())
             with sync:
                 with self.autocast():
                     l_total, loss_dict, output = self.compute_losses(batch, current_iter)

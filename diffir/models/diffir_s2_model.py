@@ -10,7 +10,7 @@ from .diffir_s1_model import DiffIRS1Model
 class DiffIRS2Model(DiffIRS1Model):
     """DiffIRS2 trained against a frozen DiffIRS1 (``network_S1``, ``path.pretrain_network_S1``).
 
-    * The target IPR comes from the frozen stage-one CPEN, ``net_g_S1.E(lq, gt)``, computed without
+    * The target IPR comes from the frozen stage-one CPEN, ``net_g_S1.estimate_ipr(lq, gt)``, computed without
       gradients (the official code keeps autograd on for it, which only costs memory).
     * The DIRformer starts from the stage-one weights: ``path.pretrain_network_g`` = the S1 file with
       ``strict_load_g: false`` loads its ``G.*`` keys, as the official configs do (logged in one line).
@@ -79,7 +79,7 @@ class DiffIRS2Model(DiffIRS1Model):
 
     def target_ipr(self, lq, gt):
         with torch.no_grad():
-            return self.net_g_S1.E(lq, gt)
+            return self.net_g_S1.estimate_ipr(lq, gt)
 
     def forward_train(self, batch, current_iter):
         ipr_s1 = self.target_ipr(batch["lq"], self.l1_target(batch))

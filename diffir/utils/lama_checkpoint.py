@@ -115,7 +115,7 @@ def main(argv=None) -> None:
     parser.add_argument("out_dir", help="folder for net_g.pth, net_g_S1.pth and net_d.pth")
     args = parser.parse_args(argv)
     converted = convert_lama_checkpoint(args.checkpoint)
-    for name, path in save_converted(converted, args.out_dir).items():
+    for path in save_converted(converted, args.out_dir).values():
         print(f"wrote {path}")
     if converted.dropped:
         print(f"left out: {', '.join(converted.dropped)}")
