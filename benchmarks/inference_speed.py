@@ -20,14 +20,10 @@ values) or a checkpoint (-m). Examples::
 from __future__ import annotations
 
 import argparse
-import ctypes
-import gc
 import json
-import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 import diffir  # noqa: F401  (before basicsr: installs the torchvision alias basicsr needs)
@@ -37,6 +33,7 @@ from diffir.archs.detect import build_network
 from diffir.metrics import tensor_psnr
 from diffir.inpainting import prepare_inpainting_input
 from diffir.restorer import Restorer, initial_noise
+from diffir.utils.peak_rss import run_with_peak_rss
 from diffir.zoo import PRESETS
 
 DEFAULT_SIZES = {"cpu": [32, 64], "cuda": [128, 256, 512, 1024]}
@@ -100,36 +97,12 @@ def peak_memory_mb(args, device: str, size: int, tile: int | None) -> float:
     return (torch.cuda.max_memory_allocated(restorer.device) - base) / 2 ** 20
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def measure_rss(args) -> None:
     """Child process: peak RSS growth (MB) during one CPU restoration, printed as JSON (Linux /proc)."""
-    if not os.path.exists("/proc/self/statm"):
-        print(json.dumps({"peak_mb": float("nan")}))
-        return
     restorer = build_restorer(args, "cpu", args.tile or None)
     image, mask = test_image(restorer, 1, args.measure_rss)
-    gc.collect()
-    try:  # hand memory freed while building the model back to the OS, so the baseline is what is live
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    baseline, peak, done = _rss_bytes(), [0], threading.Event()
-
-    def sample():  # torch kernels release the GIL, so this thread keeps sampling during the run
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
-    restorer.restore_tensor(image, mask, initial_noise(1, 0))
-    done.set()
-    sampler.join()
-    print(json.dumps({"peak_mb": max(0, peak[0] - baseline) / 2 ** 20}))
+    _, peak_mb = run_with_peak_rss(lambda: restorer.restore_tensor(image, mask, initial_noise(1, 0)))
+    print(json.dumps({"peak_mb": peak_mb}))
 
 
 def run_device(args, device: str) -> list[dict]:

@@ -42,14 +42,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
 import gc
 import os
 import pickle
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from dataclasses import asdict, dataclass
 
@@ -64,6 +62,7 @@ from diffir.checkpoint import read_state_dict
 from diffir.metrics import tensor_psnr
 from diffir.image_io import ImageReadError, read_image, split_image
 from diffir.utils.compile import MODES, compile_network
+from diffir.utils.peak_rss import run_with_peak_rss
 from diffir.zoo import PRESETS, stage_one
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -168,11 +167,6 @@ def stage_one_options(options: dict) -> dict:
     return {k: v for k, v in stage_one(options).items() if k != "type"}
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def first_run(run, device: str) -> tuple[torch.Tensor, float, float]:
     """Output, seconds and peak memory growth (MB; NaN where unmeasurable) of the first call."""
     gc.collect()
@@ -184,26 +178,9 @@ def first_run(run, device: str) -> tuple[torch.Tensor, float, float]:
         out = run()
         torch.cuda.synchronize()
         return out.clone(), time.perf_counter() - start, (torch.cuda.max_memory_allocated() - base) / 2 ** 20
-    if not os.path.exists("/proc/self/statm"):
-        start = time.process_time()
-        return run(), time.process_time() - start, float("nan")
-    with contextlib.suppress(OSError):  # hand freed memory back to the OS so the baseline is what is live
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    base, peak, done = _rss_bytes(), [0], threading.Event()
-
-    def sample():  # torch kernels release the GIL, so this thread keeps sampling during the run
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
-
-    sampler = threading.Thread(target=sample)
-    sampler.start()
     start = time.process_time()
-    out = run()
-    seconds = time.process_time() - start
-    done.set()
-    sampler.join()
-    return out, seconds, max(0, peak[0] - base) / 2 ** 20
+    out, peak_mb = run_with_peak_rss(run)
+    return out, time.process_time() - start, peak_mb
 
 
 def timed(run, device: str) -> float:
