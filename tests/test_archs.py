@@ -4,6 +4,7 @@ import torch
 from basicsr.archs import build_network
 
 from diffir import DiffIRS1, DiffIRS2
+from diffir.archs.cpen import CPEN
 from diffir.utils import crop_to, pad_to_multiple
 
 TINY = dict(dim=8, num_blocks=[1, 1, 1, 1], num_refinement_blocks=1, heads=[1, 1, 2, 2], ffn_expansion_factor=2.0,
@@ -248,3 +249,13 @@ class TestErrors:
             DiffIRS1(**TINY, scale=3)
         with pytest.raises(ValueError, match="task must be one of"):
             DiffIRS1(**TINY, task="denoise")
+
+
+def test_tiled_cpen_equals_whole_cpen_in_float64():
+    # the halo makes each tile's inner features exact; only the summation order may differ
+    cpen = CPEN(lq_channels=3, lq_unshuffle=1, n_encoder_res=2).double().eval()
+    lq = torch.rand(2, 3, 40, 56, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        whole, tiled = cpen(lq), cpen.forward_tiled(lq, 16)
+    assert tiled.dtype == torch.float64
+    torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-12)

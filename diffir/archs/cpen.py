@@ -98,7 +98,7 @@ class CPEN(nn.Module):
                 top, left = max(0, y0 - halo), max(0, x0 - halo)
                 region = x[..., top:min(height, y1 + halo), left:min(width, x1 + halo)]
                 inner = features(region)[..., y0 - top:y1 - top, x0 - left:x1 - left]
-                part = inner.float().sum(dim=(2, 3))
+                part = inner.sum(dim=(2, 3), dtype=torch.promote_types(inner.dtype, torch.float32))
                 total = part if total is None else total + part
         pooled = (total / (height * width)).to(x.dtype)
         return self.mlp(pooled)

@@ -131,7 +131,8 @@ def build_network(options: Mapping) -> nn.Module:
     if "type" not in options:
         raise ValueError(f"network options need a 'type' (e.g. DiffIRS2), got keys {sorted(options)}")
     if options["type"] not in ARCH_REGISTRY:
-        raise ValueError(f"unknown network type {options['type']!r}; registered DiffIR types: {STAGE_TYPES}")
+        raise ValueError(f"unknown network type {options['type']!r}: not in basicsr's ARCH_REGISTRY "
+                         f"(DiffIR's are {', '.join(STAGE_TYPES)})")
     return basicsr_build_network(dict(options))
 
 

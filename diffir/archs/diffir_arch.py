@@ -43,7 +43,7 @@ import torch.nn as nn
 from basicsr.utils.registry import ARCH_REGISTRY
 
 from ..utils.state_dict import mismatch_lines
-from .cpen import CPEN, GT_UNSHUFFLE, IPR_DIM
+from .cpen import CPEN, GT_UNSHUFFLE
 from .dirformer import DIRformer
 from .ipr_diffusion import IPRDenoiser, IPRDiffusion
 
@@ -207,7 +207,6 @@ class DiffIRS2(_DiffIRBase):
             ipr, iprs = self.diffusion(lq, ipr_s1, noise=noise, generator=generator)
             return (ipr, iprs) if ipr_only else (self.G(lq, ipr), iprs)
         if noise is None:
-            # drawn first, in the default dtype, before CPEN_S2 runs: the official RNG order
-            noise = torch.randn((lq.shape[0], IPR_DIM), device=lq.device, generator=generator)
+            noise = self.diffusion.initial_noise(lq, generator)
         ipr = self.estimate_ipr(lq, noise)
         return ipr if ipr_only else self.restore_with_ipr(lq, ipr)

@@ -9,9 +9,9 @@ state dict; ``DIRformer(impl=...)`` picks the path.
   fold into a per-sample copy of the following 1x1 conv (one batched GEMM, no pass over the tokens).
 * Attention: the C x C logits are normalised instead of q and k, and ``project_out`` folds into the
   attention map, so "attn @ v, project, add the residual" is one GEMM.
-* Without autograd, the x4 SR tail runs on bands of rows (:func:`sr_tail`): at 256x256 LR its
-  activations would otherwise take over a gigabyte.
-* Without autograd the tail runs in row bands and residual adds happen in place (less memory).
+* Without autograd, the x4 SR tail runs on bands of rows added in place into the upsampled image
+  (:func:`sr_tail`; at 256x256 LR its activations would otherwise take over a gigabyte), and the
+  feed-forward gate multiplies in place.
 
 It matches the plain path to float rounding (about 1e-6 in float32, 1e-13 in float64).
 ``scaled_dot_product_attention`` is not used: its "sequence" here would be the channels (<= 512)

@@ -93,7 +93,6 @@ class IPRDiffusion(nn.Module):
                 generator: torch.Generator | None = None):
         """Training mode: ``(ipr, [ipr after each step])`` starting from the noised ``ipr_s1``.
         Eval mode: the estimated IPR, starting from ``noise`` or a fresh N(0, I) draw."""
-        batch = lq.shape[0]
         if self.training:
             if ipr_s1 is None:
                 raise ValueError("training mode needs the stage-one IPR (ipr_s1) to start the diffusion from")
@@ -104,6 +103,11 @@ class IPRDiffusion(nn.Module):
             iprs = self.reverse(x_t, cond)
             return iprs[-1], iprs
         if noise is None:
-            # drawn first, in the default dtype, before CPEN_S2 runs: the official RNG order
-            noise = torch.randn((batch, IPR_DIM), device=lq.device, generator=generator)
+            noise = self.initial_noise(lq, generator)
         return self.sample(self.condition(lq), noise)
+
+    @staticmethod
+    def initial_noise(lq: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The (B, 256) N(0, I) start of sampling, drawn as the official code draws it: first, before
+        CPEN_S2 runs, in the default dtype, on ``lq``'s device."""
+        return torch.randn((lq.shape[0], IPR_DIM), device=lq.device, generator=generator)

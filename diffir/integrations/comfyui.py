@@ -11,8 +11,6 @@ ComfyUI (tests, scripts) a model is a file path or a diffir zoo name.
 """
 from __future__ import annotations
 
-import inspect
-
 import torch
 
 from ..restorer import NETWORK_TASK, Restorer, check_task, initial_noise
@@ -118,19 +116,19 @@ class DiffIRRestore:
 
         batch = lq.shape[0]
         bar = _progress_bar(batch)
-        reports_progress = "progress" in inspect.signature(restorer.restore_tensor).parameters
         outputs = []
         for i in range(batch):
-            kwargs = {}
-            if bar is not None and reports_progress:
-                kwargs["progress"] = lambda done, total, i=i: bar.update_absolute(i * total + done, batch * total)
+            progress = None if bar is None else _image_progress(bar, i, batch)
             # one seed for the batch: every image gets the noise it would get alone (Restorer's convention)
             out = restorer.restore_tensor(lq[i:i + 1], None if masks is None else masks[i:i + 1],
-                                          initial_noise(1, seed), **kwargs)
+                                          initial_noise(1, seed), progress=progress)
             outputs.append(out.clamp_(0, 1).permute(0, 2, 3, 1).cpu())
-            if bar is not None and not reports_progress:
-                bar.update_absolute(i + 1, batch)
         return (torch.cat(outputs),)
+
+
+def _image_progress(bar, index: int, batch: int):
+    """Restorer's ``progress(done, total)`` for image ``index`` of ``batch``, shown on ComfyUI's bar."""
+    return lambda done, total: bar.update_absolute(index * total + done, batch * total)
 
 
 NODE_CLASS_MAPPINGS = {"DiffIRRestore": DiffIRRestore}
