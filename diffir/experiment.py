@@ -24,6 +24,7 @@ import sys
 import yaml
 
 from .utils.atomic import atomic_write_bytes
+from .yaml_io import load_yaml
 
 
 class ExperimentError(RuntimeError):
@@ -34,7 +35,7 @@ def check_name(name, what: str = "name") -> str:
     """``name`` if it is a single, non-special path component; :class:`ValueError` otherwise."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"option {what!r} must be a non-empty string, got {name!r}")
-    if name in (".", "..") or "/" in name or (os.altsep and os.altsep in name) or os.sep in name or "\0" in name:
+    if name in (".", "..") or any(c in name for c in ("/", "\\", os.sep, os.altsep or "/", "\0")):
         raise ValueError(f"option {what!r} is {name!r}: it names a folder under experiments/ or results/ and must "
                          f"be a single folder name (no '/', '\\', '..' or absolute path)")
     return name
@@ -85,8 +86,6 @@ def option_versions(experiment_root: str) -> list[str]:
 
 def previous_options(experiment_root: str) -> tuple[str, dict] | None:
     """The newest saved options of an experiment, as (file, options); ``None`` if none was saved."""
-    from .options import load_yaml  # here: diffir.options imports this module
-
     versions = option_versions(experiment_root)
     return (versions[-1], load_yaml(versions[-1])) if versions else None
 

@@ -23,6 +23,7 @@ import yaml
 from basicsr.utils.options import ordered_yaml
 
 from .data.checks import image_size
+from .experiment import check_name
 from .image_io import list_image_files
 from .options import load_yaml
 from .utils.atomic import atomic_write_bytes
@@ -111,8 +112,10 @@ def build(args: argparse.Namespace) -> tuple[str, dict[str, str | dict]]:
     if not photos_dir.is_dir():
         raise FileNotFoundError(f"photo folder not found: {args.photos}")
     name = args.name or photos_dir.name
-    if not name or name in (".", "..") or "/" in name or "\\" in name:
-        raise ValueError(f"--name must be a single folder name, got {name!r}")
+    try:
+        check_name(name, "--name")
+    except ValueError:
+        raise ValueError(f"--name must be a single folder name, got {name!r}") from None
     photos = list_image_files(photos_dir)
     sizes = {}
     for path in photos:

@@ -49,8 +49,13 @@ VAL = {"val_freq": INT, "save_img": BOOL, "suffix": ANY, "metrics": "metrics", "
        "window_size": INT, "fid": DICT, "num_val_samples": INT, "center_frame_only": BOOL, "flip_seq": BOOL}
 LOGGER = {"print_freq": INT, "save_checkpoint_freq": INT, "use_tb_logger": BOOL, "wandb": DICT,
           "save_format": SAVE_FORMATS}
-PATH = {"resume_state": ANY, "ignore_resume_networks": ANY, "root": ANY, "experiments_root": ANY, "models": ANY,
-        "training_states": ANY, "log": ANY, "visualization": ANY, "results_root": ANY}
+PATH = {"resume_state": ANY, "ignore_resume_networks": ANY}
+# basicsr's folder keys: diffir sets them (diffir.options.parse_options) over whatever a file gives
+PATH_FROM_ROOT = ("root", "experiments_root", "models", "training_states", "log", "visualization", "results_root")
+# basicsr's check_resume (not used by diffir) skips these when it points pretrain_network_* at the resumed
+# weights; diffir resumes net_g (net_g_ema, net_d) from the training state and always loads network_S1
+# from path.pretrain_network_S1, which is what the bundled files' 'ignore_resume_networks: network_S1' asks
+IGNORED_ON_RESUME = ("network_S1",)
 PATH_PATTERNS = (r"pretrain_network_\w+", r"param_key_\w+", r"strict_load_\w+")
 DIST = {"backend": STR, "port": INT}
 DATASET = {
@@ -183,6 +188,18 @@ class _Checker:
             self.section(dataset, DATASET, f"{where}{phase}.")
 
     def path(self, node: dict, where: str) -> None:
+        for key in node:
+            if key in PATH_FROM_ROOT:
+                self.fail(f"{where}{key}", "set from --root and name, not from option files: experiments go to "
+                                           "<root>/experiments/<name>, test results to <root>/results/<name> "
+                                           "(<root>: --root, default the current folder); remove this key")
+        ignored = node.get("ignore_resume_networks")
+        names = [ignored] if isinstance(ignored, str) else ignored if isinstance(ignored, list) else [ignored]
+        if ignored is not None and not set(map(str, names)) <= set(IGNORED_ON_RESUME):
+            self.fail(f"{where}ignore_resume_networks",
+                      f"diffir resumes the trained networks (net_g, net_g_ema, net_d) from the training state and "
+                      f"always loads {', '.join(IGNORED_ON_RESUME)} from path.pretrain_network_*; it cannot leave "
+                      f"out {ignored!r} (remove this key)")
         self.section(node, PATH, where, PATH_PATTERNS)
 
     def train(self, node: dict, where: str) -> None:

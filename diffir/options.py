@@ -25,6 +25,7 @@ from basicsr.utils.dist_util import get_dist_info
 
 from .experiment import check_name
 from .option_schema import validate_options
+from .yaml_io import OptionLoader, load_yaml  # diffir.options.load_yaml stays importable
 
 REQUIRED_KEYS = {True: ("name", "model_type", "datasets", "network_g", "path", "train"),
                  False: ("name", "model_type", "datasets", "network_g")}
@@ -44,24 +45,6 @@ def build_arg_parser(is_train: bool) -> argparse.ArgumentParser:
     parser.add_argument("--root", default=None,
                         help=f"folder for {'experiments' if is_train else 'results'}/ (default: cwd)")
     return parser
-
-
-class OptionLoader(yaml.SafeLoader):
-    """Plain YAML only (no Python objects); mappings keep their order (plain dicts do)."""
-
-
-def load_yaml(path: str) -> dict:
-    if not osp.isfile(path):
-        raise FileNotFoundError(f"option file not found: {path}")
-    with open(path) as f:
-        try:
-            opt = yaml.load(f, Loader=OptionLoader)
-        except yaml.YAMLError as err:
-            raise ValueError(f"option file {path} is not valid plain YAML (Python object tags such as "
-                             f"!!python/... are refused): {err}") from err
-    if not isinstance(opt, dict):
-        raise ValueError(f"option file {path} does not hold a mapping of options")
-    return opt
 
 
 def init_distributed(opt: dict) -> None:

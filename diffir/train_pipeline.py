@@ -6,8 +6,9 @@ files); CPU and gloo DDP work; a running experiment holds a lock on its name, so
 same name refuses instead of archiving the live folder; training states load with
 ``weights_only=True`` (:mod:`diffir.training_state`), and ``--auto_resume`` skips damaged ones;
 resuming never renames or archives the experiment folder, compares the options with those the run
-was started with (applying new learning rates, schedule, total_iter, logging; refusing a changed
-network, data or batch size) and keeps every version of them (``options_<time>.yml``); a run resumed
+was started with (applying new total_iter, logging; refusing a changed network, data or batch size),
+always sets the learning rates and schedule from the current options, and keeps every version of the
+options (``options_<time>.yml``); rank 0 alone decodes the datasets' images; a run resumed
 mid-epoch continues that epoch's sample order where it stopped (:class:`ResumableSampler`); the
 deblurring progressive patch/batch schedule is applied to each batch.
 """
@@ -33,8 +34,8 @@ from basicsr.utils.options import dict2str
 
 from .data.checks import check_dataset_options
 from .data.progressive import ProgressiveSchedule
-from .experiment import (ExperimentError, ExperimentLock, changes_learning_rate, previous_options,
-                         remove_partial_writes, resume_changes, save_options_version)
+from .experiment import (ExperimentError, ExperimentLock, previous_options, remove_partial_writes, resume_changes,
+                         save_options_version)
 from .options import close_distributed, parse_options
 from .training_state import newest_loadable_state, read_training_state
 
@@ -95,7 +96,12 @@ def apply_learning_rate_options(model, fresh: tuple[list, list], current_iter: i
 
     ``model.resume_training`` restores the optimisers' and schedulers' hyper-parameters as saved; this
     puts back those built from the current options (``fresh``: parameter-group settings and scheduler
-    states taken before resuming) and replays the schedule up to ``current_iter``.
+    states taken before resuming) and replays the schedule up to ``current_iter``. Every resume does
+    this, changed options or not: the newest ``options_*.yml`` is that of the newest start, which need
+    not be the run that wrote the training state (a resumed run killed before its first checkpoint), so
+    "no difference" from it does not mean the state holds the current learning rates. The schedulers
+    are deterministic in the iteration, so replaying gives the uninterrupted run's values when nothing
+    changed.
     """
     groups, schedulers = fresh
     for optimizer, saved_groups in zip(model.optimizers, groups):
@@ -113,6 +119,26 @@ def _hyper_parameters(model) -> tuple[list, list]:
     groups = [[{k: copy.deepcopy(v) for k, v in g.items() if k != "params"} for g in o.param_groups]
               for o in model.optimizers]
     return groups, [copy.deepcopy(s.state_dict()) for s in model.schedulers]
+
+
+def check_datasets(opt: dict) -> None:
+    """Rank 0 checks the datasets, decoding every image (a damaged one would stop the run hours in);
+    every rank raises if that failed. One process decodes and writes the decode cache, not each rank."""
+    error, message = None, None
+    if opt["rank"] == 0:
+        try:
+            for dataset_opt in opt["datasets"].values():
+                check_dataset_options(dataset_opt, decode=True)
+        except Exception as err:  # shared with the other ranks, then raised as it was
+            error, message = err, f"{type(err).__name__}: {err}"
+    if opt["dist"]:
+        shared = [message]
+        torch.distributed.broadcast_object_list(shared, src=0)
+        message = shared[0]
+    if error is not None:
+        raise error
+    if message is not None:
+        raise ValueError(f"rank 0 found a problem in the datasets: {message}")
 
 
 def take_experiment_lock(opt: dict) -> ExperimentLock | None:
@@ -176,8 +202,7 @@ def make_prefetcher(opt: dict, train_loader):
 def train_pipeline(argv=None) -> str:
     """Run training from the command line arguments; returns the experiment folder."""
     opt, args = parse_options(is_train=True, argv=argv)
-    for dataset_opt in opt["datasets"].values():
-        check_dataset_options(dataset_opt, decode=True)  # a damaged image would stop the run hours in
+    check_datasets(opt)
     lock = take_experiment_lock(opt)
     try:
         return _train(opt, args)
@@ -231,8 +256,7 @@ def _train(opt: dict, args) -> str:
         fresh = _hyper_parameters(model)
         model.resume_training(resume_state)
         current_iter = resume_state["iter"]
-        if changed and changes_learning_rate(changed):
-            apply_learning_rate_options(model, fresh, current_iter, opt["train"].get("warmup_iter", -1))
+        apply_learning_rate_options(model, fresh, current_iter, opt["train"].get("warmup_iter", -1))
         # where an uninterrupted run is after current_iter iterations; the data order continues from there
         start_epoch, batches_done = divmod(current_iter, iters_per_epoch)
         if not 0 <= current_iter - resume_state["epoch"] * iters_per_epoch <= iters_per_epoch:

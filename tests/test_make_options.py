@@ -82,8 +82,10 @@ def test_refuses_to_overwrite_and_names_bad_input(tmp_path, capsys):
     assert main([str(PHOTOS), "--name", "a", "-o", str(tmp_path), "--device", "cpu", "--iters", "5", "--force"]) == 0
     assert options(tmp_path, "a", 1)["train"]["total_iter"] == 5
 
-    assert main([str(PHOTOS), "--name", "../x", "-o", str(tmp_path)]) == 2
-    assert "single folder name" in capsys.readouterr().err
+    for bad in ("../x", "..", "a\\b", " "):  # the check of diffir.experiment.check_name (a blank name too)
+        assert main([str(PHOTOS), "--name", bad, "-o", str(tmp_path), "--device", "cpu"]) == 2
+        assert f"--name must be a single folder name, got {bad!r}" in capsys.readouterr().err
+    assert not (tmp_path / "train_ _S1.yml").exists()
     (tmp_path / "one").mkdir()
     (tmp_path / "one" / "a.png").write_bytes((PHOTOS / "fig_bowl.png").read_bytes())
     assert main([str(tmp_path / "one"), "-o", str(tmp_path)]) == 2

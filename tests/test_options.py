@@ -110,3 +110,36 @@ def test_logger_save_format_is_checked_up_front():
     validate_options(dict(opt), is_train=True, source="ok.yml")
     with pytest.raises(OptionError, match=r"bad.yml: logger.save_format: expected one of pth, safetensors, got 'npz'"):
         validate_options({**opt, "logger": {"save_format": "npz"}}, is_train=True, source="bad.yml")
+
+
+@pytest.mark.parametrize("key", ["root", "experiments_root", "models", "training_states", "log", "visualization",
+                                 "results_root"])
+def test_folder_paths_set_from_root_and_name_are_refused(key):
+    opt = demo()
+    opt["path"][key] = "/big/disk"  # parse_options would overwrite it (or never read it): refused, not ignored
+    with pytest.raises(OptionError, match=rf"my.yml: path.{key}: set from --root and name.*"
+                                          r"experiments go to <root>/experiments/<name>"):
+        validate_options(opt, is_train=True, source="my.yml")
+
+
+def test_ignore_resume_networks_only_names_what_diffir_never_resumes():
+    opt = demo()
+    opt["path"]["ignore_resume_networks"] = "network_S1"  # as the bundled stage-two files: S1 is never resumed
+    validate_options(opt, is_train=True)
+    opt["path"]["ignore_resume_networks"] = ["network_g"]
+    with pytest.raises(OptionError, match=r"path.ignore_resume_networks: diffir resumes the trained networks"):
+        validate_options(opt, is_train=True)
+
+
+def test_the_discriminator_optimiser_type_is_required_everywhere():
+    import torch
+
+    from diffir.models.adversarial import AdversarialTraining
+    opt = demo()
+    opt["train"]["optim_d"] = {"lr": 1e-4}
+    with pytest.raises(OptionError, match=r"train.optim_d.type: missing"):
+        validate_options(opt, is_train=True)
+    adversarial = AdversarialTraining.__new__(AdversarialTraining)  # the options as they reach the model
+    adversarial.optim_opt, adversarial.net_d = {"lr": 1e-4}, torch.nn.Linear(1, 1)
+    with pytest.raises(KeyError, match="type"):
+        adversarial.build_optimizer(lambda name, params, **kw: torch.optim.Adam(params, **kw))

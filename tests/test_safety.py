@@ -113,7 +113,7 @@ def test_every_torch_load_says_weights_only_true():
 
 
 # ---------------------------------------------------------------------------- names and locks
-@pytest.mark.parametrize("name", ["../../escaped", "<tmp>/escaped", "a/b", "..", "."])
+@pytest.mark.parametrize("name", ["../../escaped", "<tmp>/escaped", "a/b", "a\\b", "..", "."])
 def test_a_name_must_be_one_folder_name(workdir, name):
     name = name.replace("<tmp>", str(workdir))  # an absolute name, inside the test's folder all the same
     opt_path = write_options(workdir)
@@ -202,6 +202,38 @@ def test_resume_skips_damaged_states_and_follows_edited_options(workdir, basicsr
     assert load_yaml(str(versions[1]))["train"]["optim_g"]["lr"] == 5e-5
 
 
+def test_a_resume_applies_the_learning_rate_even_when_the_newest_options_already_had_it(workdir, monkeypatch):
+    """A (lr 1e-4) saves a state; B resumes it with lr 2e-4 and dies before its first checkpoint; C resumes
+    with B's options: nothing differs from the newest options_*.yml, yet the state still holds 1e-4."""
+    from diffir import train_pipeline
+    from diffir.training_state import read_training_state
+
+    def lr_file(file, lr, total_iter):
+        path = write_options(workdir, file, total_iter=total_iter)
+        path.write_text(path.read_text().replace("lr: 0.0002", f"lr: {lr}"))
+        return path
+
+    exp = run_train(["-opt", str(lr_file("a.yml", "1.0e-04", 4))])  # run A: states at 2 and 4
+    assert read_training_state(exp / "training_states" / "4.state")["optimizers"][0]["param_groups"][0]["lr"] == \
+        pytest.approx(1e-4)
+
+    def killed(*args, **kwargs):
+        raise RuntimeError("killed before its first checkpoint")
+
+    b_options = lr_file("b.yml", "2.0e-04", 6)
+    with monkeypatch.context() as patch:  # run B: its options are kept, no training state is
+        patch.setattr(train_pipeline, "create_dataloaders", killed)
+        with pytest.raises(RuntimeError, match="killed"):
+            run_train(["-opt", str(b_options), "--auto_resume"])
+    assert len(list(exp.glob("options_*.yml"))) == 2
+    assert sorted(p.name for p in (exp / "training_states").iterdir()) == ["2.state", "4.state"]
+
+    run_train(["-opt", str(b_options), "--auto_resume"])  # run C: the same options as B
+    final = read_training_state(exp / "training_states" / "6.state")
+    assert final["iter"] == 6 and final["optimizers"][0]["param_groups"][0]["lr"] == pytest.approx(2e-4)
+    assert final["schedulers"][0]["base_lrs"] == [pytest.approx(2e-4)]
+
+
 # ---------------------------------------------------------------------------- damaged images
 def test_an_image_that_cannot_be_decoded_stops_training_before_it_starts(workdir):
     opt_path = write_options(workdir)
@@ -221,6 +253,36 @@ def test_an_image_that_cannot_be_decoded_stops_training_before_it_starts(workdir
     assert DecodeCache().unchecked(paths) == []
     damaged.write_bytes(data[: len(data) // 2])
     assert DecodeCache().unchecked(paths) == [str(damaged)] and undecodable(paths) == [str(damaged)]
+
+
+def test_only_rank_zero_decodes_the_datasets_and_every_rank_gets_its_error(monkeypatch):
+    from diffir import train_pipeline
+    checked, sent = [], []
+
+    def check(dataset_opt, decode=False):
+        checked.append((dataset_opt["name"], decode))
+        if dataset_opt["name"] == "bad":
+            raise ValueError("bad.png cannot be decoded")
+
+    def broadcast(objects, src):  # what torch.distributed does: rank 0's list reaches every rank
+        assert src == 0
+        if sent:
+            objects[:] = sent
+        else:
+            sent[:] = objects
+
+    monkeypatch.setattr(train_pipeline, "check_dataset_options", check)
+    monkeypatch.setattr(torch.distributed, "broadcast_object_list", broadcast)
+    datasets = {"train": {"name": "good"}, "val": {"name": "bad"}}
+    with pytest.raises(ValueError, match=r"^bad.png cannot be decoded$"):  # rank 0 raises its own error
+        train_pipeline.check_datasets({"rank": 0, "dist": True, "datasets": datasets})
+    assert checked == [("good", True), ("bad", True)] and sent == ["ValueError: bad.png cannot be decoded"]
+    for rank in (1, 2):  # the others decode nothing and raise what rank 0 found
+        with pytest.raises(ValueError, match=r"rank 0 found a problem in the datasets: ValueError: bad.png"):
+            train_pipeline.check_datasets({"rank": rank, "dist": True, "datasets": datasets})
+    assert len(checked) == 2
+    sent[:] = [None]  # all well on rank 0: nobody raises
+    train_pipeline.check_datasets({"rank": 1, "dist": True, "datasets": datasets})
 
 
 def test_resume_changes_split_what_a_resume_can_follow():

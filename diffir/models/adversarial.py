@@ -47,7 +47,7 @@ class AdversarialTraining:
     def build_optimizer(self, get_optimizer) -> torch.optim.Optimizer:
         """D's optimiser from ``train.optim_d``, made by the model's ``get_optimizer``."""
         optim_opt = dict(self.optim_opt)
-        self.optimizer = get_optimizer(optim_opt.pop("type", "Adam"), self.net_d.parameters(), **optim_opt)
+        self.optimizer = get_optimizer(optim_opt.pop("type"), self.net_d.parameters(), **optim_opt)
         return self.optimizer
 
     def generator_due(self, current_iter: int) -> bool:
