@@ -75,7 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--model2", help="second checkpoint (same architecture) to blend towards")
     parser.add_argument("--blend", type=float, help="weight of --model2 in [0, 1]: 0 = --model, 1 = --model2")
     parser.add_argument("--mask", help="inpainting: mask file, or folder of masks named like the images "
-                                       "(NAME.* or NAME_mask.*); white = hole")
+                                       "(NAME_mask*.*, else NAME.* in a folder other than the images'; a "
+                                       "folder holding both: its NAME_mask*.* files are not restored); "
+                                       "white = hole")
     parser.add_argument("--ext", default="auto",
                         help="output format: auto (as the input; GIF becomes PNG, GIF holds 256 colours), png, jpg ...")
     parser.add_argument("--suffix", default="", help="appended to output file names")
@@ -100,26 +102,35 @@ def collect_inputs(spec: str) -> list[Path]:
 
 
 def mask_finder(mask_spec: Path) -> Callable[[Path], Path]:
-    """``find(image)``: the mask file itself, or in the mask folder the first ``NAME.*`` image in name
-    order, else the first ``NAME_mask.*``. The folder is listed once for all images."""
-    from .image_io import is_image_file
+    """``find(image)``: the mask file itself, or the image's mask in the mask folder by the one rule of
+    :func:`diffir.image_io.mask_lookup` (``NAME_mask*.*`` first, else ``NAME.*`` from another folder).
+    The folder is listed once for all images."""
+    from .image_io import list_image_files, mask_lookup
 
     if mask_spec.is_file():
         return lambda image: mask_spec
-    names = sorted(p.name for p in mask_spec.iterdir() if is_image_file(p)) if mask_spec.is_dir() else []
-    first_named = {}  # PREFIX -> the first name that is PREFIX.*
-    for name in names:  # in name order, so setdefault keeps the first match
-        for dot in re.finditer(r"\.", name):
-            first_named.setdefault(name[:dot.start()], name)
+    folder = mask_spec.resolve()
+    # resolved folders, so "an image is never its own mask" holds however the two folders are spelled
+    lookup = mask_lookup([folder / p.name for p in list_image_files(mask_spec)] if mask_spec.is_dir() else [])
 
     def find(image: Path) -> Path:
-        for stem in (image.stem, f"{image.stem}_mask"):
-            if stem in first_named:
-                return mask_spec / first_named[stem]
-        raise FileNotFoundError(f"no mask for {image.name} in {mask_spec} (expected {image.stem}.png or "
-                                f"{image.stem}_mask.png)")
+        mask = lookup(image.parent.resolve() / image.name)
+        if mask is None:
+            raise FileNotFoundError(f"no mask for {image.name} in {mask_spec} (expected {image.stem}_mask.png, "
+                                    f"or {image.stem}.png in a folder other than the image's)")
+        return mask_spec / mask.name
 
     return find
+
+
+def drop_masks(inputs: list[Path], mask_spec: Path) -> list[Path]:
+    """``inputs`` without the masks (``NAME_mask*.*``) of a mask folder that holds the images too."""
+    from .image_io import is_mask_name
+
+    if not mask_spec.is_dir():
+        return inputs
+    folder = mask_spec.resolve()
+    return [p for p in inputs if not (is_mask_name(p) and p.parent.resolve() == folder)]
 
 
 def clean_message(err: BaseException) -> str:
@@ -326,35 +337,100 @@ def _restore_group(restorer: Restorer, jobs: list[_Job], seed: int, report: _Rep
     return written
 
 
+_FRAME_STEM = re.compile(r"(.+)_frame(\d{4,})")
+
+
+def _frame_clashes(inputs: list[Path], targets: dict[Path, Path], input_paths: set[Path],
+                   clash: dict[Path, str]) -> None:
+    """Add to ``clash`` the inputs whose output is a frame output of another input (or whose frames would
+    replace an input): a plain output or an input named ``NAME_frameNNNN.EXT`` is frame NNNN of the input
+    whose output would be ``NAME.EXT``, if that input has at least NNNN (and more than one) frames.
+    Only such look-alike names cost a read; the first input in order keeps its output."""
+    from .image_io import MULTI_FRAME_EXTENSIONS, ImageReadError, read_frames
+
+    order = {source: index for index, source in enumerate(inputs)}
+    owner_of: dict[Path, Path] = {}
+    for source in inputs:
+        owner_of.setdefault(targets[source].resolve(), source)
+    counts: dict[Path, int] = {}
+
+    def frame_count(source: Path) -> int:
+        if source.suffix.lower() not in MULTI_FRAME_EXTENSIONS:
+            return 1
+        if source not in counts:
+            try:
+                counts[source] = len(read_frames(source))
+            except (ImageReadError, OSError):
+                counts[source] = 1  # its own read reports it
+        return counts[source]
+
+    def frame_owner(path: Path) -> tuple[Path, int] | None:
+        match = _FRAME_STEM.fullmatch(path.stem)
+        if match is None or int(match[2]) < 1:
+            return None
+        owner = owner_of.get(path.with_name(match[1] + path.suffix).resolve())
+        if owner is None or frame_count(owner) < max(2, int(match[2])):
+            return None
+        return owner, int(match[2])
+
+    for path in sorted(input_paths):  # a frame written over an input
+        found = frame_owner(path)
+        if found is not None and found[0] not in clash:
+            clash[found[0]] = (f"output {frame_path(targets[found[0]], found[1])} would overwrite the input {path}; "
+                               "choose another -o or --suffix")
+    for source in inputs:  # a frame and a plain output of the same name
+        found = frame_owner(targets[source])
+        if found is None or found[0] == source or source in clash or found[0] in clash or frame_count(source) > 1:
+            continue
+        owner, index = found
+        if order[source] > order[owner]:
+            clash[source] = (f"output {targets[source]} is also frame {index} of the output of {owner}; "
+                             "use --ext or --suffix")
+        else:
+            clash[owner] = (f"output {targets[source]} (frame {index}) is also the output of {source}; "
+                            "use --ext or --suffix")
+
+
 def _read_jobs(inputs: list[Path], mine: list[Path], args, find_mask: Callable[[Path], Path] | None,
                report: _Report, progress: tqdm):
     """Read each of this process's inputs (and mask); unreadable ones are reported, existing outputs skipped.
 
-    Output name clashes are checked over all ``inputs``, so every process of a job agrees on them.
+    Output name clashes (frame outputs of animated / multi-page inputs included) are checked over all
+    ``inputs``, so every process of a job agrees on them.
     """
-    from .image_io import ImageReadError, read_frames, read_mask
+    from .image_io import MULTI_FRAME_EXTENSIONS, ImageReadError, read_frames, read_mask
 
     input_paths = {p.resolve() for p in inputs}
+    targets = {source: _output_path(source, args) for source in inputs}
     taken: dict[Path, Path] = {}
     clash: dict[Path, str] = {}
     for source in inputs:
-        target = _output_path(source, args)
+        target = targets[source]
         if target.resolve() in input_paths:
             clash[source] = f"output {target} would overwrite an input; choose another -o or --suffix"
         elif target in taken:
             clash[source] = f"output {target} is also the output of {taken[target]}; use --ext or --suffix"
         taken.setdefault(target, source)
+    _frame_clashes(inputs, targets, input_paths, clash)
     mine_set = set(mine)
     for source in (s for s in inputs if s in mine_set):
-        target = _output_path(source, args)
+        target = targets[source]
         try:
             if source in clash:
                 raise ValueError(clash[source])
-            if target.exists() and not args.overwrite:
+            # a file that may hold several frames writes NAME_frameNNNN.EXT, never NAME.EXT: read it first
+            multi_frame_format = source.suffix.lower() in MULTI_FRAME_EXTENSIONS
+            if not multi_frame_format and target.exists() and not args.overwrite:
                 report.skipped.append(target)
                 progress.update(1)
                 continue
             frames = read_frames(source)
+            outputs = [target] if len(frames) == 1 else [frame_path(target, i) for i in range(1, len(frames) + 1)]
+            if not args.overwrite and all(path.exists() for path in outputs):
+                progress.total += len(outputs) - 1  # the bar counts frames of animated / multi-page files
+                report.skipped.extend(outputs)
+                progress.update(len(outputs))
+                continue
             mask = read_mask(find_mask(source)) if find_mask else None
         except ImageReadError as err:  # the image itself, or its mask (then named)
             report.fail(source, err.reason if err.path == source else str(err))
@@ -410,6 +486,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         seed = _seed(args, share)
         inputs = collect_inputs(args.input)
+        if args.mask:  # images and their masks in one folder (LaMa's layout): the masks are no inputs
+            inputs = drop_masks(inputs, Path(args.mask))
         if not inputs:
             from .image_io import IMAGE_EXTENSIONS
 
@@ -466,6 +544,8 @@ def build_export_parser() -> argparse.ArgumentParser:
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset version (default: 17)")
     parser.add_argument("--param-key", default="params_ema", help="checkpoint key of the weights")
     parser.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the -o file if it exists (default: refuse, and write nothing)")
     return parser
 
 
@@ -479,8 +559,10 @@ def export_main(argv: list[str] | None = None) -> int:
     from .restorer import Restorer, initial_noise
 
     try:
+        if Path(args.output).exists() and not args.overwrite:  # before the model loads
+            raise FileExistsError(f"{args.output} exists; give --overwrite to replace it")
         net = Restorer.from_pretrained(args.model, options=args.opt, param_key=args.param_key, device="cpu").net
-        export_onnx(net, args.output, seed=args.seed, opset=args.opset)
+        export_onnx(net, args.output, seed=args.seed, opset=args.opset, overwrite=args.overwrite)
     except ImportError as err:
         print(f"error: {clean_message(err)}; ONNX export needs the onnx extra: {ONNX_EXTRA}", file=sys.stderr)
         return 2

@@ -55,9 +55,14 @@ class ExportableStageTwo(nn.Module):
 
 
 def export_onnx(net: DiffIRS2, path: str | os.PathLike, seed: int | None = None, example_size: int = 32,
-                opset: int = 17) -> Path:
-    """Write ``net`` to ``path`` as ONNX; ``seed`` bakes the initial noise in, otherwise it is an input."""
+                opset: int = 17, overwrite: bool = False) -> Path:
+    """Write ``net`` to ``path`` as ONNX; ``seed`` bakes the initial noise in, otherwise it is an input.
+
+    An existing ``path`` is an error (FileExistsError) unless ``overwrite``.
+    """
     path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; give --overwrite to replace it")
     net = copy.deepcopy(net).cpu()  # a copy: the caller's network stays on its device, with its impl
     net.impl = "plain"  # the reference DIRformer path traces to static-rank ONNX ops; same weights
     model = ExportableStageTwo(net, seed)

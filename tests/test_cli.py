@@ -157,6 +157,40 @@ def test_animated_gif_and_multipage_tiff_restore_every_frame(tmp_path, checkpoin
     assert tiff.dtype == np.uint16 and np.array_equal(tiff, restorer.restore(pages[1][:, :, ::-1], seed=0))
 
 
+def test_multi_frame_inputs_skip_by_their_frame_files_and_clash_by_frame_names(tmp_path, checkpoint, capsys):
+    rng = np.random.default_rng(2)
+    src, out = tmp_path / "in", tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    frames = [rng.integers(0, 256, (10, 14, 3), dtype=np.uint8) for _ in range(3)]
+    Image.fromarray(frames[0]).save(src / "clip.gif", save_all=True, duration=100, loop=0,
+                                    append_images=[Image.fromarray(f) for f in frames[1:]])
+    (out / "clip.png").write_bytes(b"an unrelated file")  # a GIF writes clip_frameNNNN.png, never clip.png
+
+    assert inference_main(["-i", str(src), "-o", str(out), "-m", str(checkpoint)]) == 0
+    assert "restored 3 of 3" in capsys.readouterr().err
+    assert (out / "clip.png").read_bytes() == b"an unrelated file"
+    written = {name: (out / name).read_bytes() for name in ("clip_frame0001.png", "clip_frame0002.png",
+                                                            "clip_frame0003.png")}
+    assert inference_main(["-i", str(src), "-o", str(out), "-m", str(checkpoint)]) == 0  # all frames there
+    assert "restored 0 of 3" in (err := capsys.readouterr().err) and "skipped 3 whose output" in err
+    assert all((out / name).read_bytes() == data for name, data in written.items())
+
+    # a still named like one of the GIF's frames would write the same file: refused, naming both inputs
+    write_image(src / "clip_frame0001.png", frames[0])
+    other = tmp_path / "out2"
+    assert inference_main(["-i", str(src), "-o", str(other), "-m", str(checkpoint)]) == 1
+    err = capsys.readouterr().err
+    assert f"output {other / 'clip_frame0001.png'} is also frame 1 of the output of {src / 'clip.gif'}" in err
+    assert (other / "clip_frame0001.png").read_bytes() == written["clip_frame0001.png"]  # the GIF's frame
+    # written next to the inputs, the GIF's first frame would replace the still: refused
+    still = (src / "clip_frame0001.png").read_bytes()
+    assert inference_main(["-i", str(src), "-o", str(src), "-m", str(checkpoint), "--suffix", ""]) == 1
+    assert f"would overwrite the input {src / 'clip_frame0001.png'}" in capsys.readouterr().err
+    assert (src / "clip_frame0001.png").read_bytes() == still
+    assert not (src / "clip_frame0002.png").exists()
+
+
 # ------------------------------------------------------------------------------ progress and seeds
 def test_tiled_images_show_a_tile_progress_bar(tmp_path, checkpoint, capsys):
     images(tmp_path / "in", 1, size=(40, 40))
@@ -196,6 +230,18 @@ def test_onnx_export_without_the_extra_names_it(tmp_path, checkpoint, monkeypatc
     monkeypatch.setattr("diffir.export.export_onnx", missing)
     assert export_main(["-m", str(checkpoint), "-o", str(tmp_path / "m.onnx")]) == 2
     assert 'pip install "diffir[onnx]"' in capsys.readouterr().err
+
+
+def test_onnx_export_keeps_an_existing_file_unless_overwrite(tmp_path, checkpoint, monkeypatch, capsys):
+    target = tmp_path / "m.onnx"
+    target.write_bytes(b"the user's own model")
+    assert export_main(["-m", str(checkpoint), "-o", str(target), "--no-check"]) == 2
+    assert capsys.readouterr().err == f"error: {target} exists; give --overwrite to replace it\n"
+    assert target.read_bytes() == b"the user's own model"
+    calls = []
+    monkeypatch.setattr("diffir.export.export_onnx", lambda *args, **kwargs: calls.append(kwargs))
+    assert export_main(["-m", str(checkpoint), "-o", str(target), "--no-check", "--overwrite"]) == 0
+    assert calls and calls[0]["overwrite"] is True
 
 
 def test_prepare_datasets_says_what_it_wrote(tmp_path, capsys):

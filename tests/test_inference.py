@@ -334,19 +334,45 @@ def test_colour_masks_have_the_holes_of_gray_masks(tmp_path, dtype):
 
 def test_cli_mask_finder_pairs_masks_by_name(tmp_path):
     masks = tmp_path / "masks"
-    masks.mkdir()
+    (masks / "sub").mkdir(parents=True)
     for name in ("a.png", "a_mask.png", "b_mask.png", "b_mask.jpg", "c.txt", "c_mask.tif", "d.x.png", "D.png",
                  "e_mask2.png", "E.png"):
         (masks / name).touch()
     find = mask_finder(masks)
-    # NAME.* before NAME_mask.*, the first in name order, only image files, case-sensitive
-    assert [find(Path("in") / f"{stem}.jpg").name for stem in ("a", "b", "c", "d", "d.x", "D")] == [
-        "a.png", "b_mask.jpg", "c_mask.tif", "d.x.png", "d.x.png", "D.png"]
-    for missing in ("e", "f"):  # e_mask2.png is not e_mask.*, E.png is not e.*
+    # image_io.mask_lookup's rule: NAME_mask*.* before NAME.*, the first in name order, only image files,
+    # case-sensitive
+    assert [find(Path("in") / f"{stem}.jpg").name for stem in ("a", "b", "c", "d.x", "D", "e", "E")] == [
+        "a_mask.png", "b_mask.jpg", "c_mask.tif", "d.x.png", "D.png", "e_mask2.png", "E.png"]
+    for missing in ("d", "f"):  # d.x.png is the mask of d.x, not of d
         with pytest.raises(FileNotFoundError, match=f"no mask for {missing}.png in .*masks "
-                                                    rf"\(expected {missing}.png or {missing}_mask.png\)"):
+                                                    rf"\(expected {missing}_mask.png, or {missing}.png in a folder"):
             find(Path(f"{missing}.png"))
+    # an image is never its own mask, however its folder is spelled
+    for image in (masks / "D.png", masks / "sub" / ".." / "D.png"):
+        with pytest.raises(FileNotFoundError, match="no mask for D.png"):
+            find(image)
+    assert find(masks / "a.png") == masks / "a_mask.png"
     assert mask_finder(masks / "a.png")(Path("z.png")) == masks / "a.png"  # a mask file serves every image
+
+
+def test_cli_images_and_masks_in_one_folder(tmp_path, capsys):
+    """LaMa's layout, -i DIR --mask DIR: each image gets its NAME_mask.png, never itself, and the masks
+    are not restored as images."""
+    model = save_checkpoint(tiny_net(inp_channels=4, scale=None), tmp_path / "inpaint.pth")
+    both = tmp_path / "both"
+    both.mkdir()
+    image = photo(20, 28)
+    mask = np.zeros((20, 28), np.uint8)
+    mask[5:12, 8:20] = 255
+    for name in ("a", "b"):
+        write_image(both / f"{name}.png", image)
+        write_image(both / f"{name}_mask.png", mask)
+
+    assert inference_main(["-i", str(both), "-o", str(tmp_path / "out"), "-m", str(model), "--mask", str(both)]) == 0
+    assert "restored 2 of 2" in capsys.readouterr().err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.png", "b.png"]
+    out, hole = read_image(tmp_path / "out" / "a.png"), mask > 0
+    assert np.array_equal(out[~hole], image[~hole]) and not np.array_equal(out[hole], image[hole])
 
 
 # --------------------------------------------------------------------------- image I/O
@@ -481,6 +507,11 @@ def test_onnx_export_matches_pytorch(tmp_path):
     net = tiny_net()
     export_onnx(net, tmp_path / "noise_input.onnx")
     export_onnx(net, tmp_path / "seeded.onnx", seed=3)
+    before = (tmp_path / "seeded.onnx").read_bytes()
+    with pytest.raises(FileExistsError, match="seeded.onnx exists; give --overwrite to replace it"):
+        export_onnx(net, tmp_path / "seeded.onnx")
+    assert (tmp_path / "seeded.onnx").read_bytes() == before
+    export_onnx(net, tmp_path / "seeded.onnx", seed=3, overwrite=True)
     restorer = Restorer(net, device="cpu")
     for height, width in ((16, 24), (21, 13)):  # dynamic sizes, one needing padding
         lq = torch.rand(2, 3, height, width, generator=torch.Generator().manual_seed(height))

@@ -25,7 +25,7 @@ from diffir.losses.inpainting_loss import (FeatureMatchingLoss, MaskedL1Loss, No
 from diffir.metrics.fid import (FIDAccumulator, InceptionFeatures, feature_statistics, fid_from_features,
                                 frechet_distance)
 from diffir.options import load_yaml
-from diffir.utils.lama_checkpoint import convert_lama_checkpoint, main as convert_main
+from diffir.utils.lama_checkpoint import convert_lama_checkpoint, main as convert_main, save_converted
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = dict(n_encoder_res=1, inp_channels=4, out_channels=3, dim=8, num_blocks=[1, 1, 1, 1],
@@ -393,6 +393,18 @@ def test_lama_checkpoint_conversion_round_trip(tmp_path):
 
     with pytest.raises(CheckpointError, match="no 'generator"):
         convert_lama_checkpoint({"state_dict": {"discriminator.model0.0.weight": torch.zeros(1)}})
+
+    # the files are kept: a second conversion refuses before writing any of them, unless --overwrite
+    (tmp_path / "out" / "net_g.pth").unlink()
+    with pytest.raises(FileExistsError, match="net_g_S1.pth exists; give --overwrite to replace it"):
+        save_converted(converted, tmp_path / "out")
+    with pytest.raises(SystemExit) as exited:
+        convert_main([str(tmp_path / "last.ckpt"), str(tmp_path / "out")])
+    assert exited.value.code == 2 and not (tmp_path / "out" / "net_g.pth").exists()
+    (tmp_path / "out" / "net_d.pth").write_bytes(b"x")
+    convert_main([str(tmp_path / "last.ckpt"), str(tmp_path / "out"), "--overwrite"])
+    assert torch.equal(restore(converted.network_d, "net_d.pth")(image)[0], d(image)[0])
+    assert (tmp_path / "out" / "net_g.pth").exists()
 
 
 def test_stage_one_masked_l1_falls_on_a_fixed_batch(tmp_path):

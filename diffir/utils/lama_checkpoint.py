@@ -25,7 +25,8 @@ Command line::
 writes ``out_dir/net_g.pth`` (``{'params': ...}``, for ``path.pretrain_network_g`` or inference),
 ``out_dir/net_g_S1.pth`` for stage-two files (``path.pretrain_network_S1``) and ``out_dir/net_d.pth``
 (``path.pretrain_network_d``), and prints the matching ``network_g`` / ``network_S1`` / ``network_d``
-option blocks.
+option blocks. Existing files are kept: if any of them exists nothing is written unless
+``--overwrite`` is given.
 """
 from __future__ import annotations
 
@@ -95,17 +96,23 @@ def convert_lama_checkpoint(checkpoint: str | os.PathLike | Mapping) -> Converte
     return converted
 
 
-def save_converted(converted: ConvertedCheckpoint, out_dir: str | os.PathLike) -> dict[str, Path]:
-    """Write basicsr-format files (``{'params': state_dict}``) for each part; returns {part: path}."""
+def save_converted(converted: ConvertedCheckpoint, out_dir: str | os.PathLike,
+                   overwrite: bool = False) -> dict[str, Path]:
+    """Write basicsr-format files (``{'params': state_dict}``) for each part; returns {part: path}.
+
+    If any of the files exists, nothing is written (FileExistsError) unless ``overwrite``.
+    """
     out_dir = Path(out_dir)
+    parts = {name: weights for name, weights in (("net_g", converted.generator), ("net_g_S1", converted.generator_s1),
+                                                 ("net_d", converted.discriminator)) if weights is not None}
+    paths = {name: out_dir / f"{name}.pth" for name in parts}
+    for path in paths.values():
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; give --overwrite to replace it")
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = {}
-    for name, weights in (("net_g", converted.generator), ("net_g_S1", converted.generator_s1),
-                          ("net_d", converted.discriminator)):
-        if weights is not None:
-            written[name] = out_dir / f"{name}.pth"
-            atomic_torch_save({"params": {k: v.contiguous() for k, v in weights.items()}}, written[name])
-    return written
+    for name, weights in parts.items():
+        atomic_torch_save({"params": {k: v.contiguous() for k, v in weights.items()}}, paths[name])
+    return paths
 
 
 def main(argv=None) -> None:
@@ -113,9 +120,15 @@ def main(argv=None) -> None:
                                                  "into diffir/basicsr weight files.")
     parser.add_argument("checkpoint", help="the official .ckpt (or .pth with a Lightning 'state_dict')")
     parser.add_argument("out_dir", help="folder for net_g.pth, net_g_S1.pth and net_d.pth")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace those files if they exist (default: refuse, and write nothing)")
     args = parser.parse_args(argv)
     converted = convert_lama_checkpoint(args.checkpoint)
-    for path in save_converted(converted, args.out_dir).values():
+    try:
+        written = save_converted(converted, args.out_dir, overwrite=args.overwrite)
+    except FileExistsError as err:
+        parser.exit(2, f"error: {err}\n")
+    for path in written.values():
         print(f"wrote {path}")
     if converted.dropped:
         print(f"left out: {', '.join(converted.dropped)}")
