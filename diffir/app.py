@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image as PILImage
 
-from .image_io import IMAGE_EXTENSIONS, hole_mask, is_image_file, read_image, read_mask, write_image
+from .image_io import IMAGE_EXTENSIONS, hole_mask, is_image_file, read_image, read_mask, to_8bit, write_image
 from .restorer import Restorer, mask_to_array
 from .utils.precision import PRECISIONS
 from .zoo import ZOO
@@ -116,10 +116,6 @@ def safe_stem(name: str) -> str:
     """A file-name stem of letters, digits, '-', '_' and '.' only (uploads may be named anything)."""
     stem = re.sub(r"[^\w.-]+", "_", Path(name).stem).strip("._")
     return stem[:80] or "image"
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.round(image / 257.0).astype(np.uint8) if image.dtype == np.uint16 else image
 
 
 @dataclass
@@ -280,9 +276,9 @@ class RestoreService:
             # the slider shows 8-bit previews; an 8-bit result is its own preview
             result = Result(folder / f"{stem}_before.png", output if restored.dtype == np.uint8
                             else folder / f"{stem}_after.png", output)
-            write_image(result.before, to_uint8(before))
+            write_image(result.before, to_8bit(before))
             if result.after != output:
-                write_image(result.after, to_uint8(restored))
+                write_image(result.after, to_8bit(restored))
             results.append(result)
         return results
 
@@ -396,7 +392,7 @@ def build_app(service: RestoreService, queue_size: int = 16):
         if not files or service.model(name).restorer.task != "inpaint":
             return gr.update()
         try:
-            return to_uint8(read_image(files[0]))
+            return to_8bit(read_image(files[0]))
         except ValueError:
             return gr.update()  # reported when restoring
 

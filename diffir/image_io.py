@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import cv2
@@ -101,6 +101,11 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     return frames[0]
 
 
+def to_8bit(image: np.ndarray) -> np.ndarray:
+    """A uint16 image scaled to uint8 (65535 -> 255, rounded); uint8 images as they are."""
+    return np.round(image / 257.0).astype(np.uint8) if image.dtype == np.uint16 else image
+
+
 def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 95) -> None:
     """Encode an RGB(A)/grayscale uint8 or uint16 array to ``path`` (format from the suffix), atomically.
 
@@ -114,8 +119,8 @@ def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 
     if image.dtype not in _MAX_VALUE:
         raise ValueError(f"{path}: images are written from uint8 or uint16 arrays, got {image.dtype}")
     params = []
-    if image.dtype == np.uint16 and suffix not in (".png", ".tif", ".tiff"):
-        image = np.round(image / 257.0).astype(np.uint8)  # 8-bit formats: OpenCV would saturate instead
+    if suffix not in (".png", ".tif", ".tiff"):
+        image = to_8bit(image)  # 8-bit formats: OpenCV would saturate 16-bit values instead
     if suffix in (".jpg", ".jpeg"):
         if image.ndim == 3 and image.shape[2] == 4:
             raise ValueError(f"{path}: JPEG has no alpha channel; write the RGBA image as PNG")
@@ -182,6 +187,12 @@ class ImageLayout:
     dtype: np.dtype
     alpha: np.ndarray | None  # float32 (H, W) in [0, 1], at the input size
 
+    def at_size(self, size: tuple[int, int]) -> ImageLayout:
+        """This layout with its alpha channel resized (bicubic) to ``size`` (h, w), e.g. a super-resolved output's."""
+        if self.alpha is None or self.alpha.shape == tuple(size):
+            return self
+        return replace(self, alpha=cv2.resize(self.alpha, (size[1], size[0]), interpolation=cv2.INTER_CUBIC))
+
 
 def split_image(image: np.ndarray) -> tuple[np.ndarray, ImageLayout]:
     """Float32 RGB (H, W, 3) in [0, 1] for the network, and the input's layout.
@@ -217,9 +228,7 @@ def merge_image(rgb: np.ndarray, layout: ImageLayout) -> np.ndarray:
     """
     out = rgb.mean(axis=2) if layout.gray else rgb
     if layout.alpha is not None:
-        alpha = layout.alpha
-        if alpha.shape != out.shape[:2]:
-            alpha = cv2.resize(alpha, (out.shape[1], out.shape[0]), interpolation=cv2.INTER_CUBIC)
+        alpha = layout.at_size(out.shape[:2]).alpha
         out = np.concatenate([np.repeat(out[:, :, None], 3, axis=2) if out.ndim == 2 else out,
                               alpha[:, :, None]], axis=2)
     out = np.clip(out, 0.0, 1.0)

@@ -29,13 +29,12 @@ What it takes care of:
 """
 from __future__ import annotations
 
-import dataclasses
 import numbers
 import warnings
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -44,7 +43,7 @@ from .archs.cpen import IPR_DIM
 from .archs.diffir_arch import DiffIRS2
 from .archs.detect import network_for_state_dict
 from .checkpoint import blend_state_dicts, read_state_dict
-from .image_io import ImageLayout, hole_mask, merge_image, split_image
+from .image_io import hole_mask, merge_image, split_image
 from .inpainting import composite, prepare_inpainting_input
 from .utils.compile import compile_network
 from .utils.padding import pad_to_multiple
@@ -234,7 +233,7 @@ class Restorer:
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
             mask = torch.from_numpy(np.stack([mask_to_array(m, lq.shape[-2:]) for m in masks]))[:, None]
         out_size = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
-        layouts = [_layout_at(layout, out_size) for layout in layouts]
+        layouts = [layout.at_size(out_size) for layout in layouts]
         outputs: list[np.ndarray | None] = [None] * len(images)
 
         def write(top: int, band: torch.Tensor) -> None:
@@ -242,7 +241,7 @@ class Restorer:
             rows = slice(top, top + band.shape[1])
             for i, (rgb, layout) in enumerate(zip(band, layouts)):
                 alpha = None if layout.alpha is None else layout.alpha[rows]
-                merged = merge_image(rgb, dataclasses.replace(layout, alpha=alpha))
+                merged = merge_image(rgb, replace(layout, alpha=alpha))
                 if outputs[i] is None:
                     outputs[i] = np.empty(out_size + merged.shape[2:], merged.dtype)
                 outputs[i][rows] = merged
@@ -387,10 +386,3 @@ class Restorer:
                 rows = slice(top, min(top + _ROWS_PER_WRITE, finished))
                 yield y0 * s + top, out[..., rows, :] / weight[..., rows, :]
 
-
-def _layout_at(layout: ImageLayout, size: tuple[int, int]) -> ImageLayout:
-    """``layout`` with its alpha channel resized to the output ``size``, as :func:`merge_image` resizes it."""
-    alpha = layout.alpha
-    if alpha is None or alpha.shape == tuple(size):
-        return layout
-    return dataclasses.replace(layout, alpha=cv2.resize(alpha, (size[1], size[0]), interpolation=cv2.INTER_CUBIC))

@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..image_io import to_8bit
+
 IMAGE_METRICS = ("psnr", "ssim", "lpips", "niqe")
 SET_METRICS = ("fid",)
 NEEDS_GT = {"psnr", "ssim", "lpips", "fid"}
@@ -40,7 +42,7 @@ class MissingWeightsError(FileNotFoundError):
 def to_uint8_rgb(image: np.ndarray) -> np.ndarray:
     """Any image array from :func:`diffir.image_io.read_image` as 8-bit (H, W, 3) RGB (alpha dropped)."""
     if image.dtype == np.uint16:
-        image = np.round(image / 257.0).astype(np.uint8)
+        image = to_8bit(image)
     elif image.dtype != np.uint8:
         image = np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
     if image.ndim == 2:
