@@ -121,41 +121,42 @@ def _hyper_parameters(model) -> tuple[list, list]:
     return groups, [copy.deepcopy(s.state_dict()) for s in model.schedulers]
 
 
+def on_rank_zero(opt: dict, work, error_on_other_ranks, describe=str):
+    """Run ``work()`` on rank 0 alone and return its result there (None on the other ranks).
+
+    If it raised, every rank raises, so that no rank goes on while rank 0 stops: rank 0 its own
+    exception, the others ``error_on_other_ranks(describe(exception))``.
+    """
+    result, error, shared = None, None, [None]
+    if opt["rank"] == 0:
+        try:
+            result = work()
+        except Exception as err:
+            error, shared = err, [describe(err)]
+    if opt["dist"]:
+        torch.distributed.broadcast_object_list(shared, src=0)
+    if error is not None:
+        raise error
+    if shared[0] is not None:
+        raise error_on_other_ranks(shared[0])
+    return result
+
+
 def check_datasets(opt: dict) -> None:
     """Rank 0 checks the datasets, decoding every image (a damaged one would stop the run hours in);
     every rank raises if that failed. One process decodes and writes the decode cache, not each rank."""
-    error, message = None, None
-    if opt["rank"] == 0:
-        try:
-            for dataset_opt in opt["datasets"].values():
-                check_dataset_options(dataset_opt, decode=True)
-        except Exception as err:  # shared with the other ranks, then raised as it was
-            error, message = err, f"{type(err).__name__}: {err}"
-    if opt["dist"]:
-        shared = [message]
-        torch.distributed.broadcast_object_list(shared, src=0)
-        message = shared[0]
-    if error is not None:
-        raise error
-    if message is not None:
-        raise ValueError(f"rank 0 found a problem in the datasets: {message}")
+    def check():
+        for dataset_opt in opt["datasets"].values():
+            check_dataset_options(dataset_opt, decode=True)
+
+    on_rank_zero(opt, check, lambda message: ValueError(f"rank 0 found a problem in the datasets: {message}"),
+                 describe=lambda err: f"{type(err).__name__}: {err}")
 
 
 def take_experiment_lock(opt: dict) -> ExperimentLock | None:
     """Rank 0 locks the experiment's name; every rank raises if that failed."""
-    lock, error = None, None
-    if opt["rank"] == 0:
-        try:
-            lock = ExperimentLock(osp.dirname(opt["path"]["experiments_root"]), opt["name"])
-        except ExperimentError as err:
-            error = str(err)
-    if opt["dist"]:
-        message = [error]
-        torch.distributed.broadcast_object_list(message, src=0)
-        error = message[0]
-    if error is not None:
-        raise ExperimentError(error)
-    return lock
+    return on_rank_zero(opt, lambda: ExperimentLock(osp.dirname(opt["path"]["experiments_root"]), opt["name"]),
+                        ExperimentError)
 
 
 def create_dataloaders(opt: dict, logger):
