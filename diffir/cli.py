@@ -330,7 +330,7 @@ def _restore_group(restorer: Restorer, jobs: list[_Job], seed: int, report: _Rep
     written = 0
     for job, output in zip(jobs, outputs):
         try:
-            write_image(job.target, output)
+            write_image(job.target, output, consume=True)  # the output is not used again
             written += 1
         except (OSError, ValueError) as err:
             report.fail(job.source, f"cannot write {job.target}: {err}")

@@ -7,8 +7,9 @@ the same form (:func:`merge_image`): gray images are replicated to three channel
 alpha is carried aside, and the bit depth is restored.
 
 Files are decoded from bytes (``np.fromfile`` + ``cv2.imdecode``), so any path the OS accepts works,
-and written atomically: encoded in memory, written to a temporary file in the target folder, then
-moved over the target with ``os.replace``. A reader never sees a half-written image.
+and written atomically: encoded to a temporary file in the target folder (in memory first where
+OpenCV cannot open the path), then moved over the target with ``os.replace``. A reader never sees a
+half-written image.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .utils.atomic import atomic_write_bytes
+from .utils.atomic import replacing
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".gif")
 # formats that can hold several frames (multi-page TIFF, animated GIF / WebP): decoded frame by frame
@@ -42,8 +43,9 @@ def is_image_file(path: str | os.PathLike) -> bool:
 
 
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """The image files directly in ``folder`` (not recursive), sorted."""
-    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p))
+    """The image files directly in ``folder`` (not recursive), sorted; hidden files (a writer's temporary
+    file, macOS ``._*`` metadata) are not images to restore."""
+    return sorted(p for p in Path(folder).iterdir() if p.is_file() and is_image_file(p) and not p.name.startswith("."))
 
 
 def read_frames(path: str | os.PathLike) -> list[np.ndarray]:
@@ -106,11 +108,13 @@ def to_8bit(image: np.ndarray) -> np.ndarray:
     return np.round(image / 257.0).astype(np.uint8) if image.dtype == np.uint16 else image
 
 
-def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 95) -> None:
+def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 95, consume: bool = False) -> None:
     """Encode an RGB(A)/grayscale uint8 or uint16 array to ``path`` (format from the suffix), atomically.
 
     JPEG holds 8 bits and no alpha: 16-bit images are reduced to 8 bits, and an alpha channel is an
-    error (write PNG instead) rather than being dropped silently.
+    error (write PNG instead) rather than being dropped silently. ``consume=True``: the array is not
+    needed afterwards, so its channels are reordered in place for OpenCV instead of in a copy (a big
+    image's writing then needs no memory beyond the array itself).
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -120,17 +124,31 @@ def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 
         raise ValueError(f"{path}: images are written from uint8 or uint16 arrays, got {image.dtype}")
     params = []
     if suffix not in (".png", ".tif", ".tiff"):
-        image = to_8bit(image)  # 8-bit formats: OpenCV would saturate 16-bit values instead
+        converted = to_8bit(image)  # 8-bit formats: OpenCV would saturate 16-bit values instead
+        consume, image = consume or converted is not image, converted
     if suffix in (".jpg", ".jpeg"):
         if image.ndim == 3 and image.shape[2] == 4:
             raise ValueError(f"{path}: JPEG has no alpha channel; write the RGBA image as PNG")
         params = [cv2.IMWRITE_JPEG_QUALITY, int(jpeg_quality)]
     if image.ndim == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
-    ok, encoded = cv2.imencode(suffix, image, params)
-    if not ok:
-        raise ValueError(f"{path}: OpenCV could not encode a {image.shape} {image.dtype} image as {suffix}")
-    atomic_write_bytes(path, encoded.tobytes())
+        image = _swap_red_blue(image) if consume else cv2.cvtColor(
+            image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
+    with replacing(path, suffix) as tmp:
+        if cv2.imwrite(str(tmp), image, params):
+            return
+        # OpenCV could not open the path (a non-ASCII path on Windows) or encode the image
+        ok, encoded = cv2.imencode(suffix, image, params)
+        if not ok:
+            raise ValueError(f"{path}: OpenCV could not encode a {image.shape} {image.dtype} image as {suffix}")
+        encoded.tofile(tmp)
+
+
+def _swap_red_blue(image: np.ndarray) -> np.ndarray:
+    """RGB(A) <-> BGR(A) in place, a band of rows at a time (the temporary copy is one band)."""
+    for top in range(0, image.shape[0], 256):
+        band = image[top:top + 256]
+        band[..., [0, 2]] = band[..., [2, 0]]
+    return image
 
 
 def hole_mask(mask: np.ndarray) -> np.ndarray:

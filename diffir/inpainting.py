@@ -12,7 +12,8 @@ import torch
 from .utils.padding import crop_to, pad_to_multiple
 
 
-def _check_pair(image: torch.Tensor, mask: torch.Tensor) -> None:
+def check_inpainting_pair(image: torch.Tensor, mask: torch.Tensor) -> None:
+    """Refuse an image / mask pair that is not (B, 3, H, W) / (B, 1, H, W) of one batch and size."""
     if image.dim() != 4 or image.shape[1] != 3:
         raise ValueError(f"image must be a (B, 3, H, W) tensor, got shape {tuple(image.shape)}")
     if mask.dim() != 4 or mask.shape[1] != 1:
@@ -23,14 +24,14 @@ def _check_pair(image: torch.Tensor, mask: torch.Tensor) -> None:
 
 def prepare_inpainting_input(image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The 4-channel network input ``cat(image * (1 - mask), mask)`` for (B, 3, H, W) / (B, 1, H, W) tensors."""
-    _check_pair(image, mask)
+    check_inpainting_pair(image, mask)
     mask = mask.to(image.dtype)
     return torch.cat([image * (1 - mask), mask], dim=1)
 
 
 def composite(prediction: torch.Tensor, image: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Keep the known pixels of ``image`` and take the holes from ``prediction``."""
-    _check_pair(image, mask)
+    check_inpainting_pair(image, mask)
     if prediction.shape != image.shape:
         raise ValueError(f"prediction {tuple(prediction.shape)} and image {tuple(image.shape)} differ in shape")
     mask = mask.to(prediction.dtype)

@@ -12,8 +12,9 @@ What it takes care of:
   computed once, from the whole image, and shared by every tile, so tiles cannot disagree in style
   (``DiffIRS2.estimate_ipr(..., tile=)``: CPEN_S2's convolutions run tile by tile, the same vector up
   to float summation order). The DIRformer then runs per tile (``DiffIRS2.restore_with_ipr``), and
-  overlapping tiles are blended with linear ramps one row of tiles at a time: finished output rows go
-  straight into the result array in its final dtype, so only one band of tile rows is held in float.
+  overlapping tiles are blended with linear ramps tile by tile: finished output blocks go straight
+  into the result array in its final dtype, so float memory holds a tile and the strip of rows it
+  shares with the next row of tiles, not the image.
   DIRformer's transposed attention pools over all pixels of its input (C x C maps), so a tile is not
   exactly the corresponding part of the untiled output; the larger the tile, the smaller the
   difference (measured in tests/test_inference.py and benchmarks/inference_speed.py).
@@ -44,15 +45,12 @@ from .archs.diffir_arch import DiffIRS2
 from .archs.detect import network_for_state_dict
 from .checkpoint import blend_state_dicts, read_state_dict
 from .image_io import hole_mask, merge_image, split_image
-from .inpainting import composite, prepare_inpainting_input
+from .inpainting import check_inpainting_pair, composite, prepare_inpainting_input
 from .utils.compile import compile_network
 from .utils.padding import pad_to_multiple
 from .utils.precision import autocast_context, precision_name
 from .utils.safetensors_io import recorded_network_options
 from .zoo import find_model, network_options
-
-_ROWS_PER_WRITE = 64  # output rows a tiled run hands over at a time
-
 
 class NonFiniteOutputError(ValueError):
     """The restored image has NaN/inf values even in fp32; the message says whether the weights or the image."""
@@ -217,36 +215,39 @@ class Restorer:
                       progress: Callable[[int, int], None] | None = None) -> list[np.ndarray]:
         """Restore same-sized images in one forward pass (``seed``: one for all, or one per image).
 
-        Finished output rows are written straight into the result arrays, in their final dtype: a
-        tiled run holds only one band of tile rows in float.
+        Finished output blocks are written straight into the result arrays, in their final dtype: a
+        tiled run holds only a tile and the sums it shares with its neighbours in float.
         """
         split = [split_image(image) for image in images]
         sizes = {rgb.shape[:2] for rgb, _ in split}
         if len(sizes) != 1:
             raise ValueError(f"a batch needs images of one size, got sizes {sorted(sizes)}")
-        lq = torch.from_numpy(np.stack([rgb for rgb, _ in split])).permute(0, 3, 1, 2)
-        layouts = [layout for _, layout in split]
-        del split  # the float RGB copies: lq holds them now
+        size = sizes.pop()
         mask = None
         if masks is not None:
             if len(masks) != len(images):
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
-            mask = torch.from_numpy(np.stack([mask_to_array(m, lq.shape[-2:]) for m in masks]))[:, None]
-        out_size = (lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
+            mask = torch.from_numpy(np.stack([mask_to_array(m, size) for m in masks]))[:, None]
+        # one image: no stacked copy
+        rgbs = np.stack([rgb for rgb, _ in split]) if len(split) > 1 else split[0][0][None]
+        lq, size, mask = self._padded(torch.from_numpy(rgbs).permute(0, 3, 1, 2), mask)
+        layouts = [layout for _, layout in split]
+        del split, rgbs  # the padded lq is the only float copy of the pixels now
+        out_size = (size[0] * self.scale, size[1] * self.scale)
         layouts = [layout.at_size(out_size) for layout in layouts]
         outputs: list[np.ndarray | None] = [None] * len(images)
 
-        def write(top: int, band: torch.Tensor) -> None:
-            band = band.clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
-            rows = slice(top, top + band.shape[1])
-            for i, (rgb, layout) in enumerate(zip(band, layouts)):
-                alpha = None if layout.alpha is None else layout.alpha[rows]
+        def write(top: int, left: int, block: torch.Tensor) -> None:
+            block = block.clamp_(0, 1).permute(0, 2, 3, 1).cpu().numpy()
+            area = (slice(top, top + block.shape[1]), slice(left, left + block.shape[2]))
+            for i, (rgb, layout) in enumerate(zip(block, layouts)):
+                alpha = None if layout.alpha is None else layout.alpha[area]
                 merged = merge_image(rgb, replace(layout, alpha=alpha))
                 if outputs[i] is None:
                     outputs[i] = np.empty(out_size + merged.shape[2:], merged.dtype)
-                outputs[i][rows] = merged
+                outputs[i][area] = merged
 
-        self._restore_rows(lq, mask, initial_noise(len(images), seed), write, progress)
+        self._restore_blocks(lq, size, mask, initial_noise(len(images), seed), write, progress)
         return outputs
 
     # ----------------------------------------------------------------------- tensors
@@ -259,22 +260,34 @@ class Restorer:
         diffusion's initial noise (default: a fresh draw).
         """
         out = None
+        size = lq.shape[-2:]
 
-        def write(top: int, band: torch.Tensor) -> None:
+        def write(top: int, left: int, block: torch.Tensor) -> None:
             nonlocal out
             if out is None:
-                out = band.new_empty(*band.shape[:2], lq.shape[-2] * self.scale, lq.shape[-1] * self.scale)
-            out[..., top:top + band.shape[-2], :] = band
+                out = block.new_empty(*block.shape[:2], size[0] * self.scale, size[1] * self.scale)
+            out[..., top:top + block.shape[-2], left:left + block.shape[-1]] = block
 
-        self._restore_rows(lq, mask, noise, write, progress)
+        self._restore_blocks(*self._padded(lq, mask), noise, write, progress)
         return out
 
-    @torch.no_grad()
-    def _restore_rows(self, lq: torch.Tensor, mask: torch.Tensor | None, noise: torch.Tensor | None,
-                      write: Callable[[int, torch.Tensor], None], progress: Callable[[int, int], None] | None):
-        """Restore ``lq`` and hand its output to ``write(top row, float32 rows)``, top to bottom, band by band.
+    def _padded(self, lq: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int],
+                                                                             torch.Tensor | None]:
+        """``lq`` padded to the network's size multiple, its size before, and ``mask`` padded alike."""
+        if mask is not None:
+            check_inpainting_pair(lq, mask)
+            mask = pad_to_multiple(mask, self.size_multiple)[0]
+        padded, size = pad_to_multiple(lq, self.size_multiple)
+        return padded, size, mask
 
-        Reduced precision: a band with NaN/inf restarts the image in fp32 (its rows are written again).
+    @torch.no_grad()
+    def _restore_blocks(self, lq: torch.Tensor, size: tuple[int, int], mask: torch.Tensor | None,
+                        noise: torch.Tensor | None, write: Callable[[int, int, torch.Tensor], None],
+                        progress: Callable[[int, int], None] | None):
+        """Restore ``lq`` (padded by :meth:`_padded`, ``size`` before) and hand its output, cropped back, to
+        ``write(top row, left column, float32 block)``, block by block.
+
+        Reduced precision: a block with NaN/inf restarts the image in fp32 (its blocks are written again).
         Non-finite output in fp32 raises :class:`NonFiniteOutputError`.
         """
         lq = lq.to(self.device, torch.float32)
@@ -290,24 +303,23 @@ class Restorer:
             if mask is not None:
                 raise ValueError(f"a mask was given but the model does {self.task}, not inpainting")
             net_input = lq
-        padded, (height, width) = pad_to_multiple(net_input, self.size_multiple)
-        s = self.scale
+        (height, width), s = size, self.scale
 
-        def write_cropped(top: int, band: torch.Tensor) -> None:
-            band = band[..., :max(0, height * s - top), :width * s]
-            if band.shape[-2] == 0:
+        def write_cropped(top: int, left: int, block: torch.Tensor) -> None:
+            block = block[..., :max(0, height * s - top), :max(0, width * s - left)]
+            if block.numel() == 0:  # all padding
                 return
             if self.task == "inpaint":
-                rows = slice(top, top + band.shape[-2])
-                band = composite(band, lq[..., rows, :], mask[..., rows, :])
-            write(top, band)
+                area = (slice(top, top + block.shape[-2]), slice(left, left + block.shape[-1]))
+                block = composite(block, lq[(..., *area)], mask[(..., *area)])
+            write(top, left, block)
 
         if self.precision != "fp32":
-            if self._run_bands(padded, noise, write_cropped, progress, self.precision):
+            if self._run_blocks(net_input, noise, write_cropped, progress, self.precision):
                 return
             self.fp32_fallbacks += 1
             warnings.warn(f"{self.precision} gave NaN/inf values; this image was restored again in fp32", stacklevel=2)
-        if not self._run_bands(padded, noise, write_cropped, progress, "fp32"):
+        if not self._run_blocks(net_input, noise, write_cropped, progress, "fp32"):
             raise NonFiniteOutputError(self._non_finite_cause(lq))
 
     def _non_finite_cause(self, lq: torch.Tensor) -> str:
@@ -322,67 +334,74 @@ class Restorer:
     def _needs_tiles(self, x: torch.Tensor) -> bool:
         return self.tile is not None and max(x.shape[-2:]) > self.tile
 
-    def _run_bands(self, x: torch.Tensor, noise: torch.Tensor, write: Callable[[int, torch.Tensor], None],
-                   progress: Callable[[int, int], None] | None, precision: str) -> bool:
-        """One run over the padded input ``x`` in ``precision``: finished output rows go to ``write``.
-        False, at the first band with NaN/inf, which is not written."""
+    def _run_blocks(self, x: torch.Tensor, noise: torch.Tensor, write: Callable[[int, int, torch.Tensor], None],
+                    progress: Callable[[int, int], None] | None, precision: str) -> bool:
+        """One run over the padded input ``x`` in ``precision``: finished output blocks go to ``write``.
+        False, at the first block with NaN/inf, which is not written."""
         def autocast():
             return autocast_context(self.device.type, precision)
 
         with autocast():
             ipr = self.net.estimate_ipr(x, noise, self.tile if self._needs_tiles(x) else None)
-        for top, band in self._bands(x, ipr, autocast, progress or (lambda done, total: None)):
-            if not torch.isfinite(band).all():
+        for top, left, block in self._blocks(x, ipr, autocast, progress or (lambda done, total: None)):
+            if not torch.isfinite(block).all():
                 return False
-            write(top, band)
+            write(top, left, block)
         return True
 
     # ----------------------------------------------------------------------- tiles
-    def _bands(self, x: torch.Tensor, ipr: torch.Tensor, autocast, progress: Callable[[int, int], None]):
-        """Yield ``(top row, float32 output rows)`` of the padded input ``x``, top to bottom.
+    def _blocks(self, x: torch.Tensor, ipr: torch.Tensor, autocast, progress: Callable[[int, int], None]):
+        """Yield ``(top row, left column, float32 output block)`` of the padded input ``x``.
 
-        Untiled: one band, the whole output. Tiled: overlapping tiles are blended with linear ramps,
-        one row of tiles at a time; the rows no later tile reaches are yielded and only the rows shared
-        with the next tile row are kept (the same sums, in the same order, as blending the whole canvas).
+        Untiled: one block, the whole output. Tiled: overlapping tiles are blended with linear ramps,
+        tile by tile in row order; each tile yields the part of its output that no later tile reaches.
+        Only the sums still open are kept in float: the rows shared with the next tile row (a strip of
+        ``tile_overlap * scale`` rows) and the columns shared with the next tile. Every output pixel
+        gets the same sums, in the same order, as blending on one full-size canvas.
         """
         if not self._needs_tiles(x):
             with autocast():
                 # a copy: with CUDA graphs (compile mode 'reduce-overhead') the next run reuses the output memory
                 out = self.net.restore_with_ipr(x, ipr).to(torch.float32, copy=True)
             progress(1, 1)
-            yield 0, out
+            yield 0, 0, out
             return
         height, width = x.shape[-2:]
         s = self.scale
         tile_h, tile_w = min(self.tile, height), min(self.tile, width)
         ramp = self.tile_overlap * s
         row_starts = tile_starts(height, tile_h, self.tile_overlap)
-        # a tile's blending window is (row weights) x (column weights): one of each per tile row / column
-        col_windows = [(x0, _ramp_window(tile_w * s, ramp, x0 > 0, x0 + tile_w < width).to(x.device)[None, :])
-                       for x0 in tile_starts(width, tile_w, self.tile_overlap)]
-        total, done = len(row_starts) * len(col_windows), 0
-        out = weight = None  # the current band of output rows [top, top + tile_h * s), and its blending weights
+        col_starts = tile_starts(width, tile_w, self.tile_overlap)
+        # a tile's blending window is (row weights) x (column weights)
+        col_windows = [_ramp_window(tile_w * s, ramp, x0 > 0, x0 + tile_w < width).to(x.device)[None, :]
+                       for x0 in col_starts]
+        total, done = len(row_starts) * len(col_starts), 0
+        # per output pixel, the blend's running sum (channels 0..C-1) and total weight (channel C)
+        channels = self.net.out_channels + 1
+        shared_below = None  # the open sums of the rows this tile row shares with the previous one
         for i, y0 in enumerate(row_starts):
             row_window = _ramp_window(tile_h * s, ramp, y0 > 0, y0 + tile_h < height).to(x.device)[:, None]
-            band = x.new_zeros(x.shape[0], self.net.out_channels, tile_h * s, width * s)
-            band_weight = x.new_zeros(1, 1, tile_h * s, width * s)
-            kept = 0 if out is None else out.shape[-2] - (y0 - row_starts[i - 1]) * s
-            if kept > 0:  # the rows the previous band shares with this one
-                band[..., :kept, :] = out[..., -kept:, :]
-                band_weight[..., :kept, :] = weight[..., -kept:, :]
-            out, weight = band, band_weight
-            for x0, col_window in col_windows:
+            finished_rows = (row_starts[i + 1] - y0) * s if i + 1 < len(row_starts) else tile_h * s
+            shared_above, shared_below = shared_below, x.new_zeros(
+                x.shape[0], channels, tile_h * s - finished_rows, width * s)
+            shared_right = None  # the open sums of the columns this tile shares with the previous one
+            for j, (x0, col_window) in enumerate(zip(col_starts, col_windows)):
                 with autocast():
                     piece = self.net.restore_with_ipr(x[..., y0:y0 + tile_h, x0:x0 + tile_w], ipr).float()
                 window = row_window * col_window
-                cols = slice(x0 * s, (x0 + tile_w) * s)
-                out[..., cols] += piece * window
-                weight[..., cols] += window
+                sums = x.new_zeros(x.shape[0], channels, tile_h * s, tile_w * s)
+                opened = 0
+                if shared_right is not None:
+                    opened = shared_right.shape[-1]
+                    sums[..., :opened] = shared_right
+                if shared_above is not None:
+                    sums[..., :shared_above.shape[-2], opened:] = shared_above[..., (x0 * s + opened):(x0 + tile_w) * s]
+                sums[:, :-1] += piece * window
+                sums[:, -1:] += window
                 done += 1
                 progress(done, total)
-            finished = (row_starts[i + 1] - y0) * s if i + 1 < len(row_starts) else tile_h * s
-            # in slices of rows, so that converting them to the output's dtype needs little float memory
-            for top in range(0, finished, _ROWS_PER_WRITE):
-                rows = slice(top, min(top + _ROWS_PER_WRITE, finished))
-                yield y0 * s + top, out[..., rows, :] / weight[..., rows, :]
-
+                finished_cols = (col_starts[j + 1] - x0) * s if j + 1 < len(col_starts) else tile_w * s
+                shared_right = sums[..., finished_cols:]
+                shared_below[..., x0 * s:x0 * s + finished_cols] = sums[..., finished_rows:, :finished_cols]
+                block = sums[..., :finished_rows, :finished_cols]
+                yield y0 * s, x0 * s, block[:, :-1] / block[:, -1:]

@@ -251,11 +251,15 @@ class TestErrors:
             DiffIRS1(**TINY, task="denoise")
 
 
-def test_tiled_cpen_equals_whole_cpen_in_float64():
+@pytest.mark.parametrize("lq_unshuffle, gt_channels", [(1, 0), (2, 0), (1, 3), (4, 3)])  # S2 x4 / x2; S1 x4 / x1
+def test_tiled_cpen_equals_whole_cpen_in_float64(lq_unshuffle, gt_channels):
     # the halo makes each tile's inner features exact; only the summation order may differ
-    cpen = CPEN(lq_channels=3, lq_unshuffle=1, n_encoder_res=2).double().eval()
-    lq = torch.rand(2, 3, 40, 56, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    cpen = CPEN(lq_channels=3, lq_unshuffle=lq_unshuffle, gt_channels=gt_channels, n_encoder_res=2).double().eval()
+    generator = torch.Generator().manual_seed(0)
+    lq = torch.rand(2, 3, 40 * lq_unshuffle, 56 * lq_unshuffle, dtype=torch.float64, generator=generator)
+    # the ground truth, unshuffled by 4, has the unshuffled LQ's size
+    gt = torch.rand(2, 3, 160, 224, dtype=torch.float64, generator=generator) if gt_channels else None
     with torch.no_grad():
-        whole, tiled = cpen(lq), cpen.forward_tiled(lq, 16)
+        whole, tiled = cpen(lq, gt), cpen.forward_tiled(lq, 16 * lq_unshuffle, gt)
     assert tiled.dtype == torch.float64
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-12)

@@ -6,6 +6,7 @@ on tiny tensors spend most of their time waiting for each other.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -21,7 +22,8 @@ from diffir import DiffIRS1, DiffIRS2
 from diffir.archs.detect import infer_network_options, network_for_state_dict
 from diffir.checkpoint import CheckpointError, blend_state_dicts, read_state_dict
 from diffir.cli import build_parser, main as inference_main, mask_finder
-from diffir.image_io import ImageReadError, merge_image, read_image, read_mask, split_image, write_image
+from diffir.image_io import (ImageReadError, list_image_files, merge_image, read_image, read_mask, split_image,
+                             write_image)
 from diffir.restorer import NonFiniteOutputError, Restorer, _ramp_window, initial_noise, mask_to_array, tile_starts
 from diffir.utils import crop_to, pad_to_multiple
 from diffir.zoo import ZOO, ModelNotFoundError, find_model, network_options, resolve
@@ -193,7 +195,7 @@ def test_tiled_output_matches_untiled():
 
 
 def whole_canvas_blend(net: DiffIRS2, x: torch.Tensor, noise: torch.Tensor, tile: int, overlap: int) -> torch.Tensor:
-    """The tiled blend accumulated on one full-size float canvas (Restorer's before the band-by-band one)."""
+    """The tiled blend accumulated on one full-size float canvas (Restorer's before the block-by-block one)."""
     s, (height, width) = net.scale, x.shape[-2:]
     ipr = net.estimate_ipr(x, noise, tile)
     out = torch.zeros(1, 3, height * s, width * s)
@@ -209,7 +211,7 @@ def whole_canvas_blend(net: DiffIRS2, x: torch.Tensor, noise: torch.Tensor, tile
 
 
 @pytest.mark.parametrize("overlap", [8, 24])  # 24: up to four tile rows share an output row
-def test_band_blend_equals_whole_canvas_blend_and_reports_progress(overlap):
+def test_block_blend_equals_whole_canvas_blend_and_reports_progress(overlap):
     net = tiny_net()
     image = photo(72, 104).astype(np.float32) / 255
     # laid out as restore_batch lays it out (channels last in memory), so the two paths convolve alike
@@ -219,10 +221,17 @@ def test_band_blend_equals_whole_canvas_blend_and_reports_progress(overlap):
     with torch.no_grad():
         reference = whole_canvas_blend(net, x, noise, 32, overlap)
     banded = restorer.restore_tensor(x, noise=noise, progress=lambda done, total: calls.append((done, total)))
-    assert (banded - reference).abs().max().item() <= 1e-6
+    assert torch.equal(banded, reference)  # the same sums in the same order
+    # float memory is bounded by the tile: blocks of at most a tile, open sums of at most the overlap rows
+    with torch.no_grad():
+        ipr = net.estimate_ipr(x, noise, 32)
+        blocks = list(restorer._blocks(x, ipr, contextlib.nullcontext, lambda done, total: None))
+    assert max(block.shape[-2] for _, _, block in blocks) <= 32 * net.scale
+    assert max(block.shape[-1] for _, _, block in blocks) <= 32 * net.scale
+    assert sum(block.shape[-2] * block.shape[-1] for _, _, block in blocks) == 72 * 104 * net.scale ** 2
     tiles = len(tile_starts(72, 32, overlap)) * len(tile_starts(104, 32, overlap))
     assert tiles >= 12 and calls == [(i, tiles) for i in range(1, tiles + 1)]
-    # the arrays path writes each finished band in the final dtype: the same as converting the whole canvas
+    # the arrays path writes each finished block in the final dtype: the same as converting the whole canvas
     expected = merge_image(reference[0].clamp(0, 1).permute(1, 2, 0).numpy(), split_image(image)[1])
     assert np.abs(restorer.restore(image, seed=0) - expected).max() <= 1e-6
     gray16 = np.round(image.mean(axis=2) * 65535).astype(np.uint16)
@@ -382,6 +391,10 @@ def test_image_io_round_trips_and_writes_atomically(tmp_path):
     write_image(target, deep)
     assert np.array_equal(read_image(target), deep)
     assert [p.name for p in target.parent.iterdir()] == ["deep.png"]  # no temporary file left behind
+    assert list_image_files(target.parent) == [target]
+    (target.parent / ".deep.png.123.abcd.png").write_bytes(b"x")  # a killed writer's temporary file
+    (target.parent / "._deep.png").write_bytes(b"x")  # macOS metadata
+    assert list_image_files(target.parent) == [target]
     with pytest.raises(ValueError, match="JPEG has no alpha"):
         write_image(tmp_path / "x.jpg", np.zeros((4, 4, 4), np.uint8))
     (tmp_path / "bad.png").write_bytes(b"garbage")
@@ -398,6 +411,22 @@ def test_image_io_round_trips_and_writes_atomically(tmp_path):
     exif[0x0112] = 6
     Image.fromarray(np.zeros((10, 16, 3), np.uint8)).save(tmp_path / "phone.jpg", exif=exif)
     assert read_image(tmp_path / "phone.jpg").shape == (16, 10, 3)
+
+
+@pytest.mark.parametrize("channels", [3, 4])
+def test_consumed_writes_equal_copied_writes_and_opencv_failures_fall_back(tmp_path, monkeypatch, channels):
+    image = np.random.default_rng(2).integers(0, 256, (300, 7, channels), dtype=np.uint8)  # > one 256-row band
+    write_image(tmp_path / "copy.png", image)
+    assert np.array_equal(read_image(tmp_path / "copy.png"), image)
+    consumed = image.copy()
+    write_image(tmp_path / "consumed.png", consumed, consume=True)
+    assert np.array_equal(read_image(tmp_path / "consumed.png"), image)
+    assert not np.array_equal(consumed, image)  # its memory held the channels in OpenCV's order
+    # cv2.imwrite cannot open some paths (non-ASCII ones on Windows): encoded in memory instead
+    monkeypatch.setattr(cv2, "imwrite", lambda *args: False)
+    write_image(tmp_path / "fallback.png", image)
+    assert np.array_equal(read_image(tmp_path / "fallback.png"), image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["consumed.png", "copy.png", "fallback.png"]
 
 
 # --------------------------------------------------------------------------- checkpoints

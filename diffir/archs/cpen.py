@@ -87,18 +87,23 @@ class CPEN(nn.Module):
         """
         if max(lq.shape[-2:]) <= tile:
             return self.forward(lq, gt)
-        x = self._encoder_input(lq, gt)
         features, halo = self.E[:-1], self.receptive_radius
-        height, width = x.shape[-2:]
-        tile = max(1, tile // self.lq_unshuffle)
+        u = self.lq_unshuffle
+        # encoder resolution; pixel unshuffling is local, so each region is unshuffled on its own
+        height, width = lq.shape[-2] // u, lq.shape[-1] // u
+        tile = max(1, tile // u)
         total = None
         for y0 in range(0, height, tile):
             for x0 in range(0, width, tile):
                 y1, x1 = min(y0 + tile, height), min(x0 + tile, width)
-                top, left = max(0, y0 - halo), max(0, x0 - halo)
-                region = x[..., top:min(height, y1 + halo), left:min(width, x1 + halo)]
+                top, bottom = max(0, y0 - halo), min(height, y1 + halo)
+                left, right = max(0, x0 - halo), min(width, x1 + halo)
+                region = self._encoder_input(
+                    lq[..., top * u:bottom * u, left * u:right * u],
+                    None if gt is None else gt[..., top * GT_UNSHUFFLE:bottom * GT_UNSHUFFLE,
+                                                left * GT_UNSHUFFLE:right * GT_UNSHUFFLE])
                 inner = features(region)[..., y0 - top:y1 - top, x0 - left:x1 - left]
                 part = inner.sum(dim=(2, 3), dtype=torch.promote_types(inner.dtype, torch.float32))
                 total = part if total is None else total + part
-        pooled = (total / (height * width)).to(x.dtype)
+        pooled = (total / (height * width)).to(lq.dtype)
         return self.mlp(pooled)

@@ -31,10 +31,11 @@ import cv2
 import numpy as np
 from basicsr.utils.matlab_functions import imresize
 
-from ..image_io import (ImageReadError, atomic_write_bytes, is_mask_name, list_image_files, mask_lookup, read_image,
-                        read_mask, split_image, write_image)
+from ..image_io import (ImageReadError, is_mask_name, list_image_files, mask_lookup, read_image, read_mask, split_image,
+                        write_image)
 from ..metrics import (DEFAULT_METRICS, HIGHER_IS_BETTER, IMAGE_METRICS, NEEDS_GT, SET_METRICS, FIDMetric,
                       LPIPSMetric, MissingWeightsError, niqe, psnr, ssim, to_uint8_rgb)
+from ..utils.atomic import atomic_write_bytes
 from .paper import find_paper_set
 
 _FORMAT = {"psnr": "{:.2f}", "ssim": "{:.4f}", "lpips": "{:.4f}", "niqe": "{:.3f}", "fid": "{:.4f}"}

@@ -16,12 +16,16 @@ import torch
 
 
 @contextmanager
-def replacing(path: str | os.PathLike) -> Iterator[Path]:
-    """A temporary path to write in the ``with`` block; it replaces ``path`` when the block succeeds."""
+def replacing(path: str | os.PathLike, suffix: str = ".tmp") -> Iterator[Path]:
+    """A temporary path to write in the ``with`` block; it replaces ``path`` when the block succeeds.
+
+    ``suffix`` ends the temporary name (writers that pick the format from it need the real one).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # hidden and ending in .tmp: folder scans for *.png, *.pth or *.state never pick it up
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    # hidden (and by default ending in .tmp): folder scans for *.pth or *.state never pick it up,
+    # and image folder scans skip hidden files
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}{suffix}")
     try:
         yield tmp
         os.replace(tmp, path)
