@@ -212,30 +212,42 @@ class ImageLayout:
         return replace(self, alpha=cv2.resize(self.alpha, (size[1], size[0]), interpolation=cv2.INTER_CUBIC))
 
 
+def split_channels(image: np.ndarray) -> tuple[np.ndarray, ImageLayout]:
+    """The colour channels of an image array in its own dtype, (H, W, 1) gray or (H, W, 3) RGB (a view),
+    and the input's layout. See :func:`split_image` for what is accepted."""
+    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or (
+            image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
+        shape = image.shape if isinstance(image, np.ndarray) else type(image).__name__
+        raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image array, got {shape}")
+    if image.dtype not in _MAX_VALUE and not np.issubdtype(image.dtype, np.floating):
+        raise ValueError(f"image arrays must be uint8, uint16 or float, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    alpha = None
+    if image.shape[2] == 4:
+        image, alpha = image[:, :, :3], to_unit_range(image[:, :, 3])
+    return image, ImageLayout(gray=image.shape[2] == 1, dtype=image.dtype, alpha=alpha)
+
+
+def to_unit_range(pixels: np.ndarray) -> np.ndarray:
+    """Float32 pixels in [0, 1]: uint8 and uint16 scaled by their maximum, float arrays as they are."""
+    scaled = pixels.astype(np.float32)
+    return scaled / _MAX_VALUE[pixels.dtype] if pixels.dtype in _MAX_VALUE else scaled
+
+
+def as_rgb(pixels: np.ndarray) -> np.ndarray:
+    """(..., 3) pixels from (..., 1) gray or (..., 3) colour ones (gray replicated)."""
+    return np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels
+
+
 def split_image(image: np.ndarray) -> tuple[np.ndarray, ImageLayout]:
     """Float32 RGB (H, W, 3) in [0, 1] for the network, and the input's layout.
 
     Accepts (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) arrays in RGB(A) order; uint8 and uint16 are
     scaled by their maximum, float arrays are taken as already in [0, 1].
     """
-    if not isinstance(image, np.ndarray) or image.ndim not in (2, 3) or (
-            image.ndim == 3 and image.shape[2] not in (1, 3, 4)):
-        shape = image.shape if isinstance(image, np.ndarray) else type(image).__name__
-        raise ValueError(f"expected an (H, W), (H, W, 1), (H, W, 3) or (H, W, 4) image array, got {shape}")
-    if image.dtype in _MAX_VALUE:
-        scaled = image.astype(np.float32) / _MAX_VALUE[image.dtype]
-    elif np.issubdtype(image.dtype, np.floating):
-        scaled = image.astype(np.float32)
-    else:
-        raise ValueError(f"image arrays must be uint8, uint16 or float, got {image.dtype}")
-    if scaled.ndim == 3 and scaled.shape[2] == 1:
-        scaled = scaled[:, :, 0]
-    alpha = None
-    if scaled.ndim == 3 and scaled.shape[2] == 4:
-        scaled, alpha = scaled[:, :, :3], scaled[:, :, 3]
-    gray = scaled.ndim == 2
-    rgb = np.repeat(scaled[:, :, None], 3, axis=2) if gray else scaled
-    return np.ascontiguousarray(rgb), ImageLayout(gray=gray, dtype=image.dtype, alpha=alpha)
+    channels, layout = split_channels(image)
+    return np.ascontiguousarray(as_rgb(to_unit_range(channels))), layout
 
 
 def merge_image(rgb: np.ndarray, layout: ImageLayout) -> np.ndarray:

@@ -44,10 +44,10 @@ from .archs.cpen import IPR_DIM
 from .archs.diffir_arch import DiffIRS2
 from .archs.detect import network_for_state_dict
 from .checkpoint import blend_state_dicts, read_state_dict
-from .image_io import hole_mask, merge_image, split_image
+from .image_io import as_rgb, hole_mask, merge_image, split_channels, to_unit_range
 from .inpainting import check_inpainting_pair, composite, prepare_inpainting_input
 from .utils.compile import compile_network
-from .utils.padding import pad_to_multiple
+from .utils.padding import pad_to_multiple, padding_to_multiple
 from .utils.precision import autocast_context, precision_name
 from .utils.safetensors_io import recorded_network_options
 from .zoo import find_model, network_options
@@ -127,6 +127,80 @@ def _ramp_window(length: int, ramp: int, rise: bool, fall: bool) -> torch.Tensor
         if fall:
             window[-ramp:] = torch.minimum(window[-ramp:], up.flip(0))
     return window
+
+
+def _padding_index(length: int, pad: int, mode: str) -> np.ndarray:
+    """Source index of each of ``length + pad`` positions padded at the end: torch's 'reflect' (the
+    edge not repeated) or 'replicate'."""
+    beyond = np.arange(length, length + pad)
+    return np.concatenate([np.arange(length), 2 * length - 2 - beyond if mode == "reflect" else
+                           np.full(pad, length - 1)])
+
+
+class _NetworkInput:
+    """A batch's network input, padded to the size multiple, read region by region as float32 tensors.
+
+    Made from image arrays, the pixels stay as they are, in the images' own dtype: each region is
+    padded and scaled to [0, 1] when read (bit for bit the values of :func:`~diffir.image_io.split_image`
+    and :func:`~diffir.utils.pad_to_multiple`), so a tiled run holds no copy of the image. For inpainting a region reads ``cat(image * (1 - mask), mask)``. Indexed
+    like a tensor, ``source[..., rows, cols]``, so that tiling code takes either.
+    """
+
+    def __init__(self, pixels: np.ndarray | torch.Tensor, mask: torch.Tensor | None, size: tuple[int, int],
+                 device: torch.device, source_index: tuple[np.ndarray, np.ndarray] | None = None):
+        # a padded (B, 3, H, W) tensor; or (B, h, w, 1 or 3) arrays in the images' dtype, padded as they are
+        # read: ``source_index`` holds the source row and column of each padded one
+        self.pixels, self.source_index = pixels, source_index
+        self.mask = mask  # (B, 1, H, W) float32 on the device (1 = hole), padded; None but for inpainting
+        self.size = size  # (h, w) before padding
+        self.device = device
+        padded_size = pixels.shape[-2:] if source_index is None else tuple(len(index) for index in source_index)
+        self.shape = (pixels.shape[0], 3 if mask is None else 4, *padded_size)
+
+    @classmethod
+    def from_arrays(cls, channels: list[np.ndarray], mask: torch.Tensor | None, multiple: int,
+                    device: torch.device) -> _NetworkInput:
+        """From same-sized (H, W, 1 or 3) arrays (:func:`~diffir.image_io.split_channels`) and a float mask."""
+        pixels = np.stack(channels) if len(channels) > 1 else channels[0][None]
+        size = pixels.shape[1:3]
+        pad_h, pad_w, mode = padding_to_multiple(*size, multiple)
+        if mask is not None:
+            mask = pad_to_multiple(mask, multiple)[0].to(device, torch.float32)
+        index = (_padding_index(size[0], pad_h, mode), _padding_index(size[1], pad_w, mode))
+        return cls(pixels, mask, size, device, index)
+
+    @classmethod
+    def from_tensors(cls, lq: torch.Tensor, mask: torch.Tensor | None, multiple: int,
+                     device: torch.device) -> _NetworkInput:
+        """From a (B, 3, H, W) batch in [0, 1] and a (B, 1, H, W) mask."""
+        if mask is not None:
+            check_inpainting_pair(lq, mask)
+            mask = pad_to_multiple(mask, multiple)[0].to(device, torch.float32)
+        padded, size = pad_to_multiple(lq, multiple)
+        return cls(padded, mask, size, device)
+
+    def image(self, rows: slice = slice(None), cols: slice = slice(None)) -> torch.Tensor:
+        """The (B, 3, h, w) float32 image of a region (without the mask), on the device."""
+        if self.source_index is None:
+            return self.pixels[..., rows, cols].to(self.device, torch.float32)
+        source_rows, source_cols = self.source_index
+        region = self.pixels[:, source_rows[rows, None], source_cols[None, cols]]
+        region = as_rgb(to_unit_range(region))
+        return torch.from_numpy(region).permute(0, 3, 1, 2).to(self.device)
+
+    def __getitem__(self, key: tuple) -> torch.Tensor:
+        """The network input of ``source[..., rows, cols]``."""
+        _, rows, cols = key
+        lq = self.image(rows, cols)
+        return lq if self.mask is None else prepare_inpainting_input(lq, self.mask[..., rows, cols])
+
+    def whole(self) -> torch.Tensor:
+        return self[..., :, :]
+
+    def is_finite(self) -> bool:
+        if self.source_index is None:
+            return bool(torch.isfinite(self.pixels).all())
+        return not np.issubdtype(self.pixels.dtype, np.floating) or bool(np.isfinite(self.pixels).all())
 
 
 class Restorer:
@@ -218,8 +292,8 @@ class Restorer:
         Finished output blocks are written straight into the result arrays, in their final dtype: a
         tiled run holds only a tile and the sums it shares with its neighbours in float.
         """
-        split = [split_image(image) for image in images]
-        sizes = {rgb.shape[:2] for rgb, _ in split}
+        split = [split_channels(image) for image in images]
+        sizes = {channels.shape[:2] for channels, _ in split}
         if len(sizes) != 1:
             raise ValueError(f"a batch needs images of one size, got sizes {sorted(sizes)}")
         size = sizes.pop()
@@ -228,11 +302,9 @@ class Restorer:
             if len(masks) != len(images):
                 raise ValueError(f"got {len(masks)} masks for {len(images)} images")
             mask = torch.from_numpy(np.stack([mask_to_array(m, size) for m in masks]))[:, None]
-        # one image: no stacked copy
-        rgbs = np.stack([rgb for rgb, _ in split]) if len(split) > 1 else split[0][0][None]
-        lq, size, mask = self._padded(torch.from_numpy(rgbs).permute(0, 3, 1, 2), mask)
+        source = _NetworkInput.from_arrays([channels for channels, _ in split], mask, self.size_multiple,
+                                           self.device)
         layouts = [layout for _, layout in split]
-        del split, rgbs  # the padded lq is the only float copy of the pixels now
         out_size = (size[0] * self.scale, size[1] * self.scale)
         layouts = [layout.at_size(out_size) for layout in layouts]
         outputs: list[np.ndarray | None] = [None] * len(images)
@@ -247,7 +319,7 @@ class Restorer:
                     outputs[i] = np.empty(out_size + merged.shape[2:], merged.dtype)
                 outputs[i][area] = merged
 
-        self._restore_blocks(lq, size, mask, initial_noise(len(images), seed), write, progress)
+        self._restore_blocks(source, initial_noise(len(images), seed), write, progress)
         return outputs
 
     # ----------------------------------------------------------------------- tensors
@@ -268,42 +340,27 @@ class Restorer:
                 out = block.new_empty(*block.shape[:2], size[0] * self.scale, size[1] * self.scale)
             out[..., top:top + block.shape[-2], left:left + block.shape[-1]] = block
 
-        self._restore_blocks(*self._padded(lq, mask), noise, write, progress)
+        self._restore_blocks(_NetworkInput.from_tensors(lq, mask, self.size_multiple, self.device), noise, write,
+                             progress)
         return out
 
-    def _padded(self, lq: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, tuple[int, int],
-                                                                             torch.Tensor | None]:
-        """``lq`` padded to the network's size multiple, its size before, and ``mask`` padded alike."""
-        if mask is not None:
-            check_inpainting_pair(lq, mask)
-            mask = pad_to_multiple(mask, self.size_multiple)[0]
-        padded, size = pad_to_multiple(lq, self.size_multiple)
-        return padded, size, mask
-
     @torch.no_grad()
-    def _restore_blocks(self, lq: torch.Tensor, size: tuple[int, int], mask: torch.Tensor | None,
-                        noise: torch.Tensor | None, write: Callable[[int, int, torch.Tensor], None],
-                        progress: Callable[[int, int], None] | None):
-        """Restore ``lq`` (padded by :meth:`_padded`, ``size`` before) and hand its output, cropped back, to
+    def _restore_blocks(self, source: _NetworkInput, noise: torch.Tensor | None,
+                        write: Callable[[int, int, torch.Tensor], None], progress: Callable[[int, int], None] | None):
+        """Restore ``source`` and hand its output, cropped to the unpadded size, to
         ``write(top row, left column, float32 block)``, block by block.
 
         Reduced precision: a block with NaN/inf restarts the image in fp32 (its blocks are written again).
         Non-finite output in fp32 raises :class:`NonFiniteOutputError`.
         """
-        lq = lq.to(self.device, torch.float32)
+        if self.task == "inpaint" and source.mask is None:
+            raise ValueError("this is an inpainting model: give a mask (white / 1 = hole)")
+        if self.task != "inpaint" and source.mask is not None:
+            raise ValueError(f"a mask was given but the model does {self.task}, not inpainting")
         if noise is None:
-            noise = initial_noise(lq.shape[0], None)
+            noise = initial_noise(source.shape[0], None)
         noise = noise.to(self.device, torch.float32)
-        if self.task == "inpaint":
-            if mask is None:
-                raise ValueError("this is an inpainting model: give a mask (white / 1 = hole)")
-            mask = mask.to(self.device, torch.float32)
-            net_input = prepare_inpainting_input(lq, mask)
-        else:
-            if mask is not None:
-                raise ValueError(f"a mask was given but the model does {self.task}, not inpainting")
-            net_input = lq
-        (height, width), s = size, self.scale
+        (height, width), s = source.size, self.scale
 
         def write_cropped(top: int, left: int, block: torch.Tensor) -> None:
             block = block[..., :max(0, height * s - top), :max(0, width * s - left)]
@@ -311,19 +368,19 @@ class Restorer:
                 return
             if self.task == "inpaint":
                 area = (slice(top, top + block.shape[-2]), slice(left, left + block.shape[-1]))
-                block = composite(block, lq[(..., *area)], mask[(..., *area)])
+                block = composite(block, source.image(*area), source.mask[(..., *area)])
             write(top, left, block)
 
         if self.precision != "fp32":
-            if self._run_blocks(net_input, noise, write_cropped, progress, self.precision):
+            if self._run_blocks(source, noise, write_cropped, progress, self.precision):
                 return
             self.fp32_fallbacks += 1
             warnings.warn(f"{self.precision} gave NaN/inf values; this image was restored again in fp32", stacklevel=2)
-        if not self._run_blocks(net_input, noise, write_cropped, progress, "fp32"):
-            raise NonFiniteOutputError(self._non_finite_cause(lq))
+        if not self._run_blocks(source, noise, write_cropped, progress, "fp32"):
+            raise NonFiniteOutputError(self._non_finite_cause(source))
 
-    def _non_finite_cause(self, lq: torch.Tensor) -> str:
-        if not torch.isfinite(lq).all():
+    def _non_finite_cause(self, source: _NetworkInput) -> str:
+        if not source.is_finite():
             return "the input image has NaN/inf pixel values"
         for name, tensor in self.net.state_dict().items():
             if tensor.is_floating_point() and not torch.isfinite(tensor).all():
@@ -331,18 +388,20 @@ class Restorer:
                         f"(first: {name}); the checkpoint is broken")
         return "the restored image has NaN/inf values in fp32 (the network overflowed on this image)"
 
-    def _needs_tiles(self, x: torch.Tensor) -> bool:
+    def _needs_tiles(self, x: torch.Tensor | _NetworkInput) -> bool:
         return self.tile is not None and max(x.shape[-2:]) > self.tile
 
-    def _run_blocks(self, x: torch.Tensor, noise: torch.Tensor, write: Callable[[int, int, torch.Tensor], None],
+    def _run_blocks(self, source: _NetworkInput, noise: torch.Tensor, write: Callable[[int, int, torch.Tensor], None],
                     progress: Callable[[int, int], None] | None, precision: str) -> bool:
-        """One run over the padded input ``x`` in ``precision``: finished output blocks go to ``write``.
+        """One run over ``source`` in ``precision``: finished output blocks go to ``write``.
         False, at the first block with NaN/inf, which is not written."""
         def autocast():
             return autocast_context(self.device.type, precision)
 
+        # tiles read the input region by region; a whole-image run reads it once
+        x = source if self._needs_tiles(source) else source.whole()
         with autocast():
-            ipr = self.net.estimate_ipr(x, noise, self.tile if self._needs_tiles(x) else None)
+            ipr = self.net.estimate_ipr(x, noise, self.tile if self._needs_tiles(source) else None)
         for top, left, block in self._blocks(x, ipr, autocast, progress or (lambda done, total: None)):
             if not torch.isfinite(block).all():
                 return False
@@ -350,7 +409,8 @@ class Restorer:
         return True
 
     # ----------------------------------------------------------------------- tiles
-    def _blocks(self, x: torch.Tensor, ipr: torch.Tensor, autocast, progress: Callable[[int, int], None]):
+    def _blocks(self, x: torch.Tensor | _NetworkInput, ipr: torch.Tensor, autocast,
+                progress: Callable[[int, int], None]):
         """Yield ``(top row, left column, float32 output block)`` of the padded input ``x``.
 
         Untiled: one block, the whole output. Tiled: overlapping tiles are blended with linear ramps,
@@ -373,23 +433,23 @@ class Restorer:
         row_starts = tile_starts(height, tile_h, self.tile_overlap)
         col_starts = tile_starts(width, tile_w, self.tile_overlap)
         # a tile's blending window is (row weights) x (column weights)
-        col_windows = [_ramp_window(tile_w * s, ramp, x0 > 0, x0 + tile_w < width).to(x.device)[None, :]
+        col_windows = [_ramp_window(tile_w * s, ramp, x0 > 0, x0 + tile_w < width).to(self.device)[None, :]
                        for x0 in col_starts]
         total, done = len(row_starts) * len(col_starts), 0
         # per output pixel, the blend's running sum (channels 0..C-1) and total weight (channel C)
         channels = self.net.out_channels + 1
         shared_below = None  # the open sums of the rows this tile row shares with the previous one
         for i, y0 in enumerate(row_starts):
-            row_window = _ramp_window(tile_h * s, ramp, y0 > 0, y0 + tile_h < height).to(x.device)[:, None]
+            row_window = _ramp_window(tile_h * s, ramp, y0 > 0, y0 + tile_h < height).to(self.device)[:, None]
             finished_rows = (row_starts[i + 1] - y0) * s if i + 1 < len(row_starts) else tile_h * s
-            shared_above, shared_below = shared_below, x.new_zeros(
-                x.shape[0], channels, tile_h * s - finished_rows, width * s)
+            shared_above, shared_below = shared_below, torch.zeros(
+                x.shape[0], channels, tile_h * s - finished_rows, width * s, device=self.device)
             shared_right = None  # the open sums of the columns this tile shares with the previous one
             for j, (x0, col_window) in enumerate(zip(col_starts, col_windows)):
                 with autocast():
                     piece = self.net.restore_with_ipr(x[..., y0:y0 + tile_h, x0:x0 + tile_w], ipr).float()
                 window = row_window * col_window
-                sums = x.new_zeros(x.shape[0], channels, tile_h * s, tile_w * s)
+                sums = torch.zeros(x.shape[0], channels, tile_h * s, tile_w * s, device=self.device)
                 opened = 0
                 if shared_right is not None:
                     opened = shared_right.shape[-1]

@@ -22,9 +22,10 @@ from diffir import DiffIRS1, DiffIRS2
 from diffir.archs.detect import infer_network_options, network_for_state_dict
 from diffir.checkpoint import CheckpointError, blend_state_dicts, read_state_dict
 from diffir.cli import build_parser, main as inference_main, mask_finder
-from diffir.image_io import (ImageReadError, list_image_files, merge_image, read_image, read_mask, split_image,
-                             write_image)
-from diffir.restorer import NonFiniteOutputError, Restorer, _ramp_window, initial_noise, mask_to_array, tile_starts
+from diffir.image_io import (ImageReadError, list_image_files, merge_image, read_image, read_mask, split_channels,
+                             split_image, write_image)
+from diffir.restorer import (NonFiniteOutputError, Restorer, _NetworkInput, _ramp_window, initial_noise, mask_to_array,
+                             tile_starts)
 from diffir.utils import crop_to, pad_to_multiple
 from diffir.zoo import ZOO, ModelNotFoundError, find_model, network_options, resolve
 
@@ -240,6 +241,37 @@ def test_block_blend_equals_whole_canvas_blend_and_reports_progress(overlap):
     untiled = []
     Restorer(net, device="cpu").restore(image, seed=0, progress=lambda done, total: untiled.append((done, total)))
     assert untiled == [(1, 1)]
+
+
+@pytest.mark.parametrize("kind", ["uint8", "gray16", "rgba", "tiny", "inpaint"])
+def test_arrays_read_tile_by_tile_give_what_the_float_tensor_path_gives(kind):
+    """restore_batch keeps the pixels in their own dtype and scales each region as it is read (padding
+    included: 'reflect', or 'replicate' for an image smaller than the padding); the float tensor path
+    holds the whole image in float. The network sees the same values; the outputs agree to rounding."""
+    inpaint = kind == "inpaint"
+    net = tiny_net(task="inpaint", inp_channels=4, scale=1) if inpaint else tiny_net()
+    size = (5, 3) if kind == "tiny" else (70, 101)
+    image = photo(*size)
+    if kind == "gray16":
+        image = np.round(image.mean(axis=2) * 257).astype(np.uint16)
+    if kind == "rgba":
+        image = np.dstack([image, np.full(size, 200, np.uint8)])
+    mask = np.zeros(size, bool)
+    mask[20:40, 30:60] = True
+    rgb, layout = split_image(image)
+    lq = torch.from_numpy(rgb).permute(2, 0, 1)[None]
+    mask_tensor = torch.from_numpy(mask.astype(np.float32))[None, None] if inpaint else None
+    source = _NetworkInput.from_arrays([split_channels(image)[0]], mask_tensor, 8, torch.device("cpu"))
+    whole = _NetworkInput.from_tensors(lq, mask_tensor, 8, torch.device("cpu")).whole()
+    assert source.shape == tuple(whole.shape) and source.size == size
+    for rows, cols in [(slice(None), slice(None)), (slice(0, 5), slice(3, 8)), (slice(40, 72), slice(96, 104))]:
+        assert torch.equal(source[..., rows, cols], whole[..., rows, cols])
+    restorer = Restorer(net, device="cpu", tile=32, tile_overlap=8)
+    reference = restorer.restore_tensor(lq, mask_tensor, initial_noise(1, 0))
+    expected = merge_image(reference[0].clamp(0, 1).permute(1, 2, 0).numpy(), layout.at_size(reference.shape[-2:]))
+    restored = restorer.restore(image, mask if inpaint else None, seed=0)
+    assert restored.shape == expected.shape and restored.dtype == expected.dtype
+    assert np.abs(restored.astype(np.int64) - expected).max() <= 1  # a float rounding at a half-step at most
 
 
 def test_non_finite_weights_are_an_error_not_a_black_image(tmp_path, capsys):

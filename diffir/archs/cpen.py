@@ -80,6 +80,9 @@ class CPEN(nn.Module):
     def forward_tiled(self, lq: torch.Tensor, tile: int, gt: torch.Tensor | None = None) -> torch.Tensor:
         """``forward`` with the convolutions run on ``tile`` x ``tile`` pieces of the LQ input (pixels).
 
+        ``lq`` is a tensor or anything with a ``shape`` that gives tensors when sliced ``lq[..., rows, cols]``
+        (the Restorer's input, converted to float region by region).
+
         The encoder ends in global average pooling, so each piece is run with a halo as wide as the
         receptive field and the pooled sums of its inner part are added up: the same vector as
         ``forward`` up to float summation order, with memory bounded by the tile. An input that fits in
@@ -105,5 +108,5 @@ class CPEN(nn.Module):
                 inner = features(region)[..., y0 - top:y1 - top, x0 - left:x1 - left]
                 part = inner.sum(dim=(2, 3), dtype=torch.promote_types(inner.dtype, torch.float32))
                 total = part if total is None else total + part
-        pooled = (total / (height * width)).to(lq.dtype)
+        pooled = (total / (height * width)).to(region.dtype)
         return self.mlp(pooled)

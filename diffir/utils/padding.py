@@ -15,12 +15,17 @@ def pad_to_multiple(x: torch.Tensor, multiple: int, mode: str = "reflect") -> tu
     if x.dim() != 4:
         raise ValueError(f"expected a 4D (B, C, H, W) tensor, got shape {tuple(x.shape)}")
     h, w = x.shape[-2:]
-    pad_h, pad_w = -h % multiple, -w % multiple
+    pad_h, pad_w, fitting_mode = padding_to_multiple(h, w, multiple)
     if pad_h or pad_w:
-        if mode == "reflect" and (pad_h >= h or pad_w >= w):
-            mode = "replicate"
-        x = F.pad(x, (0, pad_w, 0, pad_h), mode=mode)
+        x = F.pad(x, (0, pad_w, 0, pad_h), mode=fitting_mode if mode == "reflect" else mode)
     return x, (h, w)
+
+
+def padding_to_multiple(height: int, width: int, multiple: int) -> tuple[int, int, str]:
+    """Rows and columns to add at the bottom and right, and the padding mode of :func:`pad_to_multiple`:
+    'reflect', or 'replicate' where the image is too small to reflect."""
+    pad_h, pad_w = -height % multiple, -width % multiple
+    return pad_h, pad_w, "replicate" if pad_h >= height or pad_w >= width else "reflect"
 
 
 def crop_to(y: torch.Tensor, size: tuple[int, int], scale: int = 1) -> torch.Tensor:
