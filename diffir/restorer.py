@@ -142,8 +142,9 @@ class _NetworkInput:
 
     Made from image arrays, the pixels stay as they are, in the images' own dtype: each region is
     padded and scaled to [0, 1] when read (bit for bit the values of :func:`~diffir.image_io.split_image`
-    and :func:`~diffir.utils.pad_to_multiple`), so a tiled run holds no copy of the image. For inpainting a region reads ``cat(image * (1 - mask), mask)``. Indexed
-    like a tensor, ``source[..., rows, cols]``, so that tiling code takes either.
+    and :func:`~diffir.utils.pad_to_multiple`), so a tiled run holds no copy of the image. For
+    inpainting a region reads ``cat(image * (1 - mask), mask)``. Indexed like a tensor,
+    ``source[..., rows, cols]``, so that tiling code takes either.
     """
 
     def __init__(self, pixels: np.ndarray | torch.Tensor, mask: torch.Tensor | None, size: tuple[int, int],
