@@ -65,7 +65,8 @@ class ExperimentLock:
             self.fd = None
 
 
-_PARTIAL = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.tmp$")  # diffir.utils.atomic.replacing's temporary names
+# diffir.utils.atomic.replacing's temporary names: ".NAME.<pid>.<8 hex>" + ".tmp" or the format's suffix
+_PARTIAL = re.compile(r"^\..+\.\d+\.[0-9a-f]{8}\.\w+$")
 
 
 def remove_partial_writes(experiment_root: str) -> list[str]:

@@ -134,9 +134,9 @@ def write_image(path: str | os.PathLike, image: np.ndarray, jpeg_quality: int = 
         image = _swap_red_blue(image) if consume else cv2.cvtColor(
             image, cv2.COLOR_RGB2BGR if image.shape[2] == 3 else cv2.COLOR_RGBA2BGRA)
     with replacing(path, suffix) as tmp:
-        if cv2.imwrite(str(tmp), image, params):
+        # OpenCV opens the path with the C library, which mangles non-ASCII names on Windows
+        if str(tmp).isascii() and cv2.imwrite(str(tmp), image, params):
             return
-        # OpenCV could not open the path (a non-ASCII path on Windows) or encode the image
         ok, encoded = cv2.imencode(suffix, image, params)
         if not ok:
             raise ValueError(f"{path}: OpenCV could not encode a {image.shape} {image.dtype} image as {suffix}")

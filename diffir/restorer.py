@@ -140,43 +140,43 @@ def _padding_index(length: int, pad: int, mode: str) -> np.ndarray:
 class _NetworkInput:
     """A batch's network input, padded to the size multiple, read region by region as float32 tensors.
 
-    Made from image arrays, the pixels stay as they are, in the images' own dtype: each region is
-    padded and scaled to [0, 1] when read (bit for bit the values of :func:`~diffir.image_io.split_image`
-    and :func:`~diffir.utils.pad_to_multiple`), so a tiled run holds no copy of the image. For
-    inpainting a region reads ``cat(image * (1 - mask), mask)``. Indexed like a tensor,
-    ``source[..., rows, cols]``, so that tiling code takes either.
+    Made from image arrays, the pixels stay as they are, in each image's own dtype and channels: each
+    region is padded and scaled to [0, 1] when read (bit for bit the values of
+    :func:`~diffir.image_io.split_image` and :func:`~diffir.utils.pad_to_multiple`), so a tiled run
+    holds no copy of the images. For inpainting a region reads ``cat(image * (1 - mask), mask)``.
+    Indexed like a tensor, ``source[..., rows, cols]``, so that tiling code takes either.
     """
 
-    def __init__(self, pixels: np.ndarray | torch.Tensor, mask: torch.Tensor | None, size: tuple[int, int],
+    def __init__(self, pixels: list[np.ndarray] | torch.Tensor, mask: torch.Tensor | None, size: tuple[int, int],
                  device: torch.device, source_index: tuple[np.ndarray, np.ndarray] | None = None):
-        # a padded (B, 3, H, W) tensor; or (B, h, w, 1 or 3) arrays in the images' dtype, padded as they are
-        # read: ``source_index`` holds the source row and column of each padded one
+        # a padded (B, 3, H, W) tensor; or (h, w, 1 or 3) arrays, one per image, padded as they are read:
+        # ``source_index`` holds the source row and column of each padded one
         self.pixels, self.source_index = pixels, source_index
         self.mask = mask  # (B, 1, H, W) float32 on the device (1 = hole), padded; None but for inpainting
         self.size = size  # (h, w) before padding
         self.device = device
         padded_size = pixels.shape[-2:] if source_index is None else tuple(len(index) for index in source_index)
-        self.shape = (pixels.shape[0], 3 if mask is None else 4, *padded_size)
+        self.shape = (len(pixels), 3 if mask is None else 4, *padded_size)
 
     @classmethod
     def from_arrays(cls, channels: list[np.ndarray], mask: torch.Tensor | None, multiple: int,
                     device: torch.device) -> _NetworkInput:
-        """From same-sized (H, W, 1 or 3) arrays (:func:`~diffir.image_io.split_channels`) and a float mask."""
-        pixels = np.stack(channels) if len(channels) > 1 else channels[0][None]
-        size = pixels.shape[1:3]
+        """From same-sized (H, W, 1 or 3) arrays (:func:`~diffir.image_io.split_channels`; each may have
+        its own dtype) and a float (B, 1, H, W) mask."""
+        size = channels[0].shape[:2]
         pad_h, pad_w, mode = padding_to_multiple(*size, multiple)
         if mask is not None:
             mask = pad_to_multiple(mask, multiple)[0].to(device, torch.float32)
         index = (_padding_index(size[0], pad_h, mode), _padding_index(size[1], pad_w, mode))
-        return cls(pixels, mask, size, device, index)
+        return cls(list(channels), mask, size, device, index)
 
     @classmethod
     def from_tensors(cls, lq: torch.Tensor, mask: torch.Tensor | None, multiple: int,
                      device: torch.device) -> _NetworkInput:
-        """From a (B, 3, H, W) batch in [0, 1] and a (B, 1, H, W) mask."""
+        """From a (B, 3, H, W) batch in [0, 1] and a (B, 1, H, W) mask (bool, integer or float)."""
         if mask is not None:
             check_inpainting_pair(lq, mask)
-            mask = pad_to_multiple(mask, multiple)[0].to(device, torch.float32)
+            mask = pad_to_multiple(mask.to(device, torch.float32), multiple)[0]
         padded, size = pad_to_multiple(lq, multiple)
         return cls(padded, mask, size, device)
 
@@ -185,13 +185,15 @@ class _NetworkInput:
         if self.source_index is None:
             return self.pixels[..., rows, cols].to(self.device, torch.float32)
         source_rows, source_cols = self.source_index
-        region = self.pixels[:, source_rows[rows, None], source_cols[None, cols]]
-        region = as_rgb(to_unit_range(region))
+        index = (source_rows[rows, None], source_cols[None, cols])
+        region = np.stack([as_rgb(to_unit_range(pixels[index])) for pixels in self.pixels])
         return torch.from_numpy(region).permute(0, 3, 1, 2).to(self.device)
 
     def __getitem__(self, key: tuple) -> torch.Tensor:
-        """The network input of ``source[..., rows, cols]``."""
-        _, rows, cols = key
+        """The network input of ``source[..., rows, cols]`` (always the whole batch)."""
+        batch, rows, cols = key
+        if batch is not Ellipsis:
+            raise IndexError(f"index the network input as [..., rows, cols], got {key}")
         lq = self.image(rows, cols)
         return lq if self.mask is None else prepare_inpainting_input(lq, self.mask[..., rows, cols])
 
@@ -201,7 +203,7 @@ class _NetworkInput:
     def is_finite(self) -> bool:
         if self.source_index is None:
             return bool(torch.isfinite(self.pixels).all())
-        return not np.issubdtype(self.pixels.dtype, np.floating) or bool(np.isfinite(self.pixels).all())
+        return all(not np.issubdtype(pixels.dtype, np.floating) or np.isfinite(pixels).all() for pixels in self.pixels)
 
 
 class Restorer:
@@ -298,6 +300,7 @@ class Restorer:
         if len(sizes) != 1:
             raise ValueError(f"a batch needs images of one size, got sizes {sorted(sizes)}")
         size = sizes.pop()
+        self._check_mask_given(masks is not None)
         mask = None
         if masks is not None:
             if len(masks) != len(images):
@@ -341,6 +344,7 @@ class Restorer:
                 out = block.new_empty(*block.shape[:2], size[0] * self.scale, size[1] * self.scale)
             out[..., top:top + block.shape[-2], left:left + block.shape[-1]] = block
 
+        self._check_mask_given(mask is not None)
         self._restore_blocks(_NetworkInput.from_tensors(lq, mask, self.size_multiple, self.device), noise, write,
                              progress)
         return out
@@ -354,10 +358,6 @@ class Restorer:
         Reduced precision: a block with NaN/inf restarts the image in fp32 (its blocks are written again).
         Non-finite output in fp32 raises :class:`NonFiniteOutputError`.
         """
-        if self.task == "inpaint" and source.mask is None:
-            raise ValueError("this is an inpainting model: give a mask (white / 1 = hole)")
-        if self.task != "inpaint" and source.mask is not None:
-            raise ValueError(f"a mask was given but the model does {self.task}, not inpainting")
         if noise is None:
             noise = initial_noise(source.shape[0], None)
         noise = noise.to(self.device, torch.float32)
@@ -379,6 +379,12 @@ class Restorer:
             warnings.warn(f"{self.precision} gave NaN/inf values; this image was restored again in fp32", stacklevel=2)
         if not self._run_blocks(source, noise, write_cropped, progress, "fp32"):
             raise NonFiniteOutputError(self._non_finite_cause(source))
+
+    def _check_mask_given(self, given: bool) -> None:
+        if self.task == "inpaint" and not given:
+            raise ValueError("this is an inpainting model: give a mask (white / 1 = hole)")
+        if self.task != "inpaint" and given:
+            raise ValueError(f"a mask was given but the model does {self.task}, not inpainting")
 
     def _non_finite_cause(self, source: _NetworkInput) -> str:
         if not source.is_finite():
@@ -439,7 +445,7 @@ class Restorer:
         total, done = len(row_starts) * len(col_starts), 0
         # per output pixel, the blend's running sum (channels 0..C-1) and total weight (channel C)
         channels = self.net.out_channels + 1
-        shared_below = None  # the open sums of the rows this tile row shares with the previous one
+        shared_below = None  # the open sums of the rows the current tile row shares with the next one
         for i, y0 in enumerate(row_starts):
             row_window = _ramp_window(tile_h * s, ramp, y0 > 0, y0 + tile_h < height).to(self.device)[:, None]
             finished_rows = (row_starts[i + 1] - y0) * s if i + 1 < len(row_starts) else tile_h * s

@@ -262,4 +262,7 @@ def test_tiled_cpen_equals_whole_cpen_in_float64(lq_unshuffle, gt_channels):
     with torch.no_grad():
         whole, tiled = cpen(lq, gt), cpen.forward_tiled(lq, 16 * lq_unshuffle, gt)
     assert tiled.dtype == torch.float64
+    if lq_unshuffle > 1:  # a size the unshuffling cannot divide is an error, not cropped
+        with pytest.raises(ValueError, match="must be a multiple"):
+            cpen.forward_tiled(lq[..., :-1, :], 16 * lq_unshuffle, gt)
     torch.testing.assert_close(tiled, whole, rtol=0, atol=1e-12)

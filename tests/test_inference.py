@@ -274,6 +274,18 @@ def test_arrays_read_tile_by_tile_give_what_the_float_tensor_path_gives(kind):
     assert np.abs(restored.astype(np.int64) - expected).max() <= 1  # a float rounding at a half-step at most
 
 
+def test_tensor_masks_may_be_bool_and_a_mask_for_a_non_inpainting_model_is_named():
+    net = tiny_net(task="inpaint", inp_channels=4, scale=1)
+    lq = torch.from_numpy(photo(20, 30).astype(np.float32) / 255).permute(2, 0, 1)[None]
+    holes = torch.zeros(1, 1, 20, 30, dtype=torch.bool)
+    holes[..., 5:12, 8:20] = True
+    restorer = Restorer(net, device="cpu", tile=16, tile_overlap=4)
+    noise = initial_noise(1, 0)
+    assert torch.equal(restorer.restore_tensor(lq, holes, noise), restorer.restore_tensor(lq, holes.float(), noise))
+    with pytest.raises(ValueError, match="a mask was given but the model does sr"):
+        Restorer(tiny_net(), device="cpu").restore_tensor(lq, holes[..., :10, :10])
+
+
 def test_non_finite_weights_are_an_error_not_a_black_image(tmp_path, capsys):
     net = tiny_net()
     with torch.no_grad():
@@ -304,6 +316,21 @@ def test_batch_equals_single_images():
     singles = [restorer.restore(image, seed=s) for image, s in zip(images, (5, 6))]
     for b, s in zip(batched, singles):
         assert np.abs(b.astype(int) - s.astype(int)).max() <= 1  # one 8-bit level: float order only
+
+
+def test_a_batch_may_mix_dtypes_and_gray_images():
+    """Each image of a batch is scaled by its own dtype's maximum (a 16-bit image beside an 8-bit one
+    must not darken it) and keeps its own layout."""
+    restorer = Restorer(tiny_net(), device="cpu", tile=16, tile_overlap=4)
+    rgb8 = photo(24, 40)
+    images = [rgb8, rgb8.astype(np.uint16) * 257, rgb8.astype(np.float32) / 255, rgb8.mean(axis=2).astype(np.uint8)]
+    batched = restorer.restore_batch(images, seed=3)
+    for image, out in zip(images, batched):
+        alone = restorer.restore(image, seed=3)
+        assert out.dtype == image.dtype and out.shape == alone.shape
+        peak = {np.uint8: 255, np.uint16: 65535}.get(image.dtype.type, 1.0)
+        assert np.abs(out.astype(np.float64) - alone).max() <= peak / 255  # float order only
+    assert np.abs(batched[1] / 257.0 - batched[0]).max() <= 1
 
 
 def test_blend_zero_and_one_are_the_endpoint_models(tmp_path):
@@ -454,11 +481,15 @@ def test_consumed_writes_equal_copied_writes_and_opencv_failures_fall_back(tmp_p
     write_image(tmp_path / "consumed.png", consumed, consume=True)
     assert np.array_equal(read_image(tmp_path / "consumed.png"), image)
     assert not np.array_equal(consumed, image)  # its memory held the channels in OpenCV's order
-    # cv2.imwrite cannot open some paths (non-ASCII ones on Windows): encoded in memory instead
-    monkeypatch.setattr(cv2, "imwrite", lambda *args: False)
+    # OpenCV mangles non-ASCII paths on Windows: those are encoded in memory, as is anything imwrite refuses
+    opened = []
+    monkeypatch.setattr(cv2, "imwrite", lambda path, *args: opened.append(path) or False)
     write_image(tmp_path / "fallback.png", image)
-    assert np.array_equal(read_image(tmp_path / "fallback.png"), image)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["consumed.png", "copy.png", "fallback.png"]
+    write_image(tmp_path / "ünïcode.png", image)
+    assert len(opened) == 1 and "fallback" in opened[0]
+    for name in ("fallback.png", "ünïcode.png"):
+        assert np.array_equal(read_image(tmp_path / name), image)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["consumed.png", "copy.png", "fallback.png", "ünïcode.png"]
 
 
 # --------------------------------------------------------------------------- checkpoints

@@ -180,7 +180,7 @@ def test_resume_skips_damaged_states_and_follows_edited_options(workdir, basicsr
     partial = exp / "models" / ".net_g_6.pth.4242.0123abcd.tmp"
     partial.write_bytes(b"half a file")
     (exp / "visualization" / "Set5").mkdir(parents=True)
-    partial_image = exp / "visualization" / "Set5" / ".baby_6.png.4242.89abcdef.tmp"
+    partial_image = exp / "visualization" / "Set5" / ".baby_6.png.4242.89abcdef.png"  # write_image's temporary name
     partial_image.write_bytes(b"half an image")
     users_file = exp / "models" / "notes.tmp"  # not a name diffir.utils.atomic makes: kept
     users_file.write_text("mine")

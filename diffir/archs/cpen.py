@@ -92,6 +92,8 @@ class CPEN(nn.Module):
             return self.forward(lq, gt)
         features, halo = self.E[:-1], self.receptive_radius
         u = self.lq_unshuffle
+        if lq.shape[-2] % u or lq.shape[-1] % u:
+            raise ValueError(f"CPEN unshuffles its input by {u}: the size {tuple(lq.shape[-2:])} must be a multiple")
         # encoder resolution; pixel unshuffling is local, so each region is unshuffled on its own
         height, width = lq.shape[-2] // u, lq.shape[-1] // u
         tile = max(1, tile // u)
@@ -105,8 +107,9 @@ class CPEN(nn.Module):
                     lq[..., top * u:bottom * u, left * u:right * u],
                     None if gt is None else gt[..., top * GT_UNSHUFFLE:bottom * GT_UNSHUFFLE,
                                                 left * GT_UNSHUFFLE:right * GT_UNSHUFFLE])
+                dtype = region.dtype
                 inner = features(region)[..., y0 - top:y1 - top, x0 - left:x1 - left]
                 part = inner.sum(dim=(2, 3), dtype=torch.promote_types(inner.dtype, torch.float32))
                 total = part if total is None else total + part
-        pooled = (total / (height * width)).to(region.dtype)
+        pooled = (total / (height * width)).to(dtype)
         return self.mlp(pooled)

@@ -190,6 +190,8 @@ class DiffIRS2(_DiffIRBase):
     def estimate_ipr(self, lq: torch.Tensor, noise: torch.Tensor, tile: int | None = None) -> torch.Tensor:
         """The (B, 256) IPR of ``lq``: CPEN_S2's condition, then the reverse diffusion from ``noise``.
 
+        ``lq``: a tensor, or with ``tile`` anything :meth:`CPEN.forward_tiled` reads region by region.
+
         ``tile`` (input pixels): run CPEN_S2's convolutions tile by tile (:meth:`CPEN.forward_tiled`),
         the same vector up to float summation order with memory bounded by the tile.
         """

@@ -119,6 +119,10 @@ def row_bands(tokens: torch.Tensor, h: int, w: int):
                slice(top * w, bottom * w))
 
 
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def computes_in_float16(tokens: torch.Tensor) -> bool:
     """Whether the projections of ``tokens`` come out in float16 (float16 tokens, or float16 autocast)."""
     device = tokens.device.type
@@ -146,10 +150,12 @@ def attention_residual(attn: nn.Module, norm: nn.Module, tokens: torch.Tensor, i
             q, k, v = (t[:, kept] for t in project(band, norm, parts, band_h, w))
             # (B, heads, head_channels, pixels) views that matmul reads as transposed matrices
             q_heads, k_heads = (t.view(b, -1, heads, head_channels).permute(0, 2, 3, 1) for t in (q, k))
-            products = products + q_heads @ k_heads.transpose(-2, -1)
-            squares = squares + torch.stack([q.square().sum(dim=1), k.square().sum(dim=1)])
+            # summed in at least float32: under bf16 autocast, one rounding per band would add up
+            products = products + at_least_float32(q_heads @ k_heads.transpose(-2, -1))
+            squares = squares + at_least_float32(torch.stack([q.square().sum(dim=1), k.square().sum(dim=1)]))
             values.append(v)
         v = values[0] if len(values) == 1 else torch.cat(values, dim=1)
+        products, squares = products.to(q.dtype), squares.to(q.dtype)  # rounded once, back to the compute dtype
         q_norm, k_norm = squares.sqrt().clamp_min(F_NORMALIZE_EPS).view(2, b, heads, head_channels, 1)
         logits = products * (attn.temperature / q_norm) / k_norm.transpose(-2, -1)
     attention = logits.softmax(dim=-1)
