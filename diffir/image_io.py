@@ -155,11 +155,14 @@ def hole_mask(mask: np.ndarray) -> np.ndarray:
     """Boolean (H, W) holes of a mask array: white, above half the maximum, marks a hole.
 
     Integer masks are compared with half their dtype's maximum, bool and float masks with 0.5; colour
-    masks by the mean of their RGB channels (alpha ignored).
+    masks by the mean of their RGB channels (alpha ignored). An integer mask of only 0s and 1s (some
+    datasets store masks so) has its 1s as holes: by the first rule it would have none.
     """
     mask = np.asarray(mask)
     # the threshold comes from the input dtype: the channel mean of an integer mask is a float
     half = np.iinfo(mask.dtype).max / 2 if np.issubdtype(mask.dtype, np.integer) else 0.5
+    if np.issubdtype(mask.dtype, np.integer) and mask.max(initial=0) == 1:
+        half = 0.5
     if mask.ndim == 3:
         mask = mask[..., :3].mean(axis=2)
     return mask > half

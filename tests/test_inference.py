@@ -397,6 +397,9 @@ def test_colour_masks_have_the_holes_of_gray_masks(tmp_path, dtype):
         write_image(tmp_path / "mask.png", mask)
         assert np.array_equal(read_mask(tmp_path / "mask.png"), expected)
     assert np.array_equal(mask_to_array(expected, gray.shape), expected)  # bool: as is
+    zero_one = expected.astype(dtype)  # a 0/1 mask file: its 1s are the holes, not "below half the maximum"
+    write_image(tmp_path / "mask.png", zero_one)
+    assert np.array_equal(read_mask(tmp_path / "mask.png"), expected)
     assert np.array_equal(mask_to_array(np.where(expected, 0.6, 0.5), gray.shape), expected)  # float: > 0.5
 
 
