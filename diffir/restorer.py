@@ -308,9 +308,8 @@ class Restorer:
             mask = torch.from_numpy(np.stack([mask_to_array(m, size) for m in masks]))[:, None]
         source = _NetworkInput.from_arrays([channels for channels, _ in split], mask, self.size_multiple,
                                            self.device)
-        layouts = [layout for _, layout in split]
         out_size = (size[0] * self.scale, size[1] * self.scale)
-        layouts = [layout.at_size(out_size) for layout in layouts]
+        layouts = [layout.at_size(out_size) for _, layout in split]
         outputs: list[np.ndarray | None] = [None] * len(images)
 
         def write(top: int, left: int, block: torch.Tensor) -> None:
