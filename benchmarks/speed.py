@@ -6,9 +6,9 @@ Cases, each at 1 and at 2 threads (``--threads``):
 
 * inference of DiffIRS2 (CPEN_S2, the 4-step IPR diffusion from a fixed noise, the DIRformer):
   x4 SR at 64x64, 128x128 and 256x256 LR inputs, deblurring at 256x256;
-* one training iteration of S1 and of S2 for x4 SR, batch 2, LR 32x32 -> GT 128x128 by default
-  (``--train-lr-size 64``: the official 256x256 GT patch): forward, L1 (S2: + the KD L1 between its
-  IPR and that of a frozen CPEN_S1), backward, Adam step.
+* one training iteration of S1 and of S2 for x4 SR, batch 2, at LR 32x32 -> GT 128x128 and at the
+  official patch, LR 64x64 -> GT 256x256 (``--train-lr-size``): forward, L1 (S2: + the KD L1 between
+  its IPR and that of a frozen CPEN_S1), backward, Adam step.
 
 Each side runs in a worker process of its own (this script with ``--worker``), so that nothing one
 side does to the process (memory it keeps, thread pools, compiled graphs) helps the other. The two
@@ -354,9 +354,12 @@ def cases(args) -> list[Case]:
     sr = constructor_kwargs("sr-x4", 2)
     inference = [Case(f"infer sr-x4 {size}x{size}", sr, 2, False, size) for size in SR_SIZES]
     inference.append(Case("infer deblur 256x256", constructor_kwargs("deblur", 2), 2, False, 256))
-    lr, gt = args.train_lr_size, 4 * args.train_lr_size
-    return inference + [Case(f"train S{stage} b{args.train_batch} {lr}->{gt}", constructor_kwargs("sr-x4", stage),
-                             stage, True, lr, args.train_batch) for stage in (1, 2)]
+    return inference + [Case(f"train S{stage} b{args.train_batch} {lr}->{4 * lr}", constructor_kwargs("sr-x4", stage),
+                             stage, True, lr, args.train_batch) for lr in args.train_lr_size for stage in (1, 2)]
+
+
+def sizes(text: str) -> list[int]:
+    return [int(v) for v in text.split(",")]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -370,11 +373,12 @@ def main(argv: list[str] | None = None) -> None:
                         help="DIRformer implementation of the compared side (plain: measure only --dtype / --compile)")
     parser.add_argument("--quick", action="store_true", help="1 thread and one repetition per case")
     parser.add_argument("--repeats", type=int, help="timed repetitions per side (default 3; 1 with --quick)")
-    parser.add_argument("--threads", type=lambda s: [int(v) for v in s.split(",")],
+    parser.add_argument("--threads", type=sizes,
                         help="comma-separated CPU thread counts (default 1,2; 1 with --quick)")
     parser.add_argument("--train-batch", type=int, default=2, help="training batch (default 2)")
-    parser.add_argument("--train-lr-size", type=int, default=32,
-                        help="training LR patch side (default 32; 64 is the official 256x256 GT patch)")
+    parser.add_argument("--train-lr-size", type=sizes, default=[32, 64],
+                        help="comma-separated training LR patch sides (default 32,64; 64 is the official 256x256 "
+                             "GT patch)")
     parser.add_argument("--image", help="a photo for the PSNR check (x4 SR of a centre crop)")
     parser.add_argument("--photo-size", type=int, default=512, help="side of the photo's centre crop (HR)")
     parser.add_argument("--weights", help="a trained x4 SR DiffIRS2 checkpoint for the PSNR check (configuration "

@@ -6,7 +6,7 @@ import torch
 
 from diffir import DiffIRS1, DiffIRS2
 from diffir.archs import dirformer_fast
-from diffir.archs.dirformer import DIRformer, IPRSequential, plain_block
+from diffir.archs.dirformer import DIRformer, IPRSequential, plain_block, x4_upsampler_tail
 from diffir.utils.compile import compile_arguments, compile_network, graph_cache_dir
 from official_fixture import load_fixture, materialize
 
@@ -87,20 +87,65 @@ def test_fast_matches_plain_for_channels_last_input_and_batch_of_one():
     assert (out - ref).abs().max().item() <= 1e-4
 
 
-@pytest.mark.parametrize(("variant", "size"), [("sr_x4", (32, 24)), ("sr_x1", (96, 32))])
-def test_sr_tail_in_row_bands_matches_whole_tail(variant, size, monkeypatch):
-    """Without autograd the fast path runs the x4 tail on bands of 8 feature rows (here 4 or 3 bands);
-    the halo must make the seams exact."""
-    net, _, ipr = tiny_dirformer(variant)
-    x = torch.rand(2, 3, *size)
-    monkeypatch.setattr(dirformer_fast, "TAIL_BAND_PIXELS", 8)
-    net.eval()
+def random_tail(channels: int, dtype=torch.float64) -> torch.nn.Module:
+    torch.manual_seed(3)
+    tail = x4_upsampler_tail(channels, 3).to(dtype)
     with torch.no_grad():
-        net.impl = "plain"
-        ref = net(x, ipr)
-        net.impl = "fast"
-        out = net(x, ipr)
-    assert (out - ref).abs().max().item() <= 1e-5
+        for p in tail.parameters():
+            p.normal_(0, 0.2)
+    return tail
+
+
+@pytest.mark.parametrize("size", [(8, 8), (8, 12), (16, 8), (3, 5), (2, 6)])
+@pytest.mark.parametrize("grad", [False, True])
+def test_sr_tail_equals_the_three_convs(size, grad):
+    """The composite 5x5 conv plus the exactly computed border row and column give the three convs'
+    output to float64 rounding, and the same gradients (an image under 3 rows is all border)."""
+    tail = random_tail(6)
+    feat = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=grad)
+    upsampled = torch.randn(2, 3, 4 * size[0], 4 * size[1], dtype=torch.float64)
+    weights = torch.randn_like(upsampled)
+    with torch.set_grad_enabled(grad):
+        ref = tail(feat) + upsampled
+        out = dirformer_fast.sr_tail(tail, feat, upsampled.clone())
+    assert out.shape == ref.shape
+    assert (out - ref).abs().max().item() < 1e-12
+    if grad:
+        params = [*tail.parameters(), feat]
+        ref_grads = torch.autograd.grad((ref * weights).sum(), params)
+        grads = torch.autograd.grad((out * weights).sum(), params)
+        for a, b in zip(ref_grads, grads):
+            assert (a - b).abs().max().item() < 1e-10
+
+
+def test_composite_tail_is_one_conv_away_from_the_border():
+    """Inside the outermost LR row and column, the whole tail is the composite conv and a shuffle
+    (float64: equal to rounding); on that border the zero padding of the 2x and 4x convs differs."""
+    tail = random_tail(4)
+    feat = torch.randn(1, 4, 10, 9, dtype=torch.float64)
+    with torch.no_grad():
+        kernel, bias = dirformer_fast.composite_tail(tail)
+        assert kernel.shape == (48, 4, 5, 5) and bias.shape == (48,)
+        composite = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(feat, kernel, bias, padding=2), 4)
+        diff = (composite - tail(feat)).abs()
+    assert diff[..., 4:-4, 4:-4].max().item() < 1e-12
+    assert diff[..., :4, :].max().item() > 1e-3 and diff[..., :, -4:].max().item() > 1e-3
+
+
+def test_composite_tail_is_composed_in_float32_under_autocast():
+    """Under bfloat16 autocast the composite kernel is composed in float32 and rounded once; the
+    bf16 tail is then closer to the float32 one than the plain tail run under the same autocast."""
+    tail = random_tail(8, torch.float32)
+    feat = torch.randn(1, 8, 8, 8)
+    upsampled = torch.zeros(1, 3, 32, 32)
+    with torch.no_grad():
+        ref = tail(feat)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            kernel, _ = dirformer_fast.composite_tail(tail)
+            fast = dirformer_fast.sr_tail(tail, feat, upsampled.clone())
+            plain = tail(feat)
+    assert kernel.dtype == torch.float32
+    assert (fast.float() - ref).abs().max() <= (plain.float() - ref).abs().max()
 
 
 @pytest.mark.parametrize("variant", ["sr_x4", "deblur"])

@@ -280,7 +280,11 @@ def test_gradient_accumulation_matches_full_batch(stage_options):
         model.feed_data(batch)
         model.optimize_parameters(1)
     for a, b in zip(full.net_g.parameters(), accumulated.net_g.parameters()):
-        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4)
+        # the summed micro-batch gradients are the full batch's, to rounding
+        assert (a.grad - b.grad).abs().max() <= 1e-4 * a.grad.abs().max()
+        # Adam's first step is about lr * sign(grad): where a gradient is at rounding level (about 1e-9),
+        # rounding may move that element by a fraction of lr (1e-3 in the demo options)
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
 
 
 def test_compile_option_trains_like_eager_and_keeps_checkpoint_keys(stage_options):
