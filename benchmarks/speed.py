@@ -26,7 +26,7 @@ of that photo (``--weights``: a trained checkpoint; with random weights only the
 something), and the seconds per output megapixel of x4 SR at 256x256 LR. The last line is
 machine-readable: the smallest inference and training speedups over the cases (1 thread), the
 largest output difference and the largest peak-memory ratio compared / plain of the x4 SR inference
-cases at 128x128 and 256x256::
+cases at 128x128 and 256x256 (nan for a group that ``--cases`` left out)::
 
     speedup inference=<x> train=<y> maxdiff=<z> memory=<m>
 
@@ -37,6 +37,7 @@ Examples::
     python benchmarks/speed.py --dtype bf16 --image demo_data/val/dandelion_field.png \\
         --weights pretrained/demo_DiffIRS2_x4.safetensors --photo-size 256
     python benchmarks/speed.py --compile       # the fast path under torch.compile
+    python benchmarks/speed.py --quick --compile --cases 64x64   # only the cases whose label has "64x64"
 """
 from __future__ import annotations
 
@@ -354,8 +355,14 @@ def cases(args) -> list[Case]:
     sr = constructor_kwargs("sr-x4", 2)
     inference = [Case(f"infer sr-x4 {size}x{size}", sr, 2, False, size) for size in SR_SIZES]
     inference.append(Case("infer deblur 256x256", constructor_kwargs("deblur", 2), 2, False, 256))
-    return inference + [Case(f"train S{stage} b{args.train_batch} {lr}->{4 * lr}", constructor_kwargs("sr-x4", stage),
-                             stage, True, lr, args.train_batch) for lr in args.train_lr_size for stage in (1, 2)]
+    training = [Case(f"train S{stage} b{args.train_batch} {lr}->{4 * lr}", constructor_kwargs("sr-x4", stage),
+                     stage, True, lr, args.train_batch) for lr in args.train_lr_size for stage in (1, 2)]
+    chosen = [case for case in inference + training
+              if not args.cases or any(part in case.label for part in args.cases.split(","))]
+    if not chosen:
+        raise SystemExit(f"--cases {args.cases!r} matches none of: "
+                         + ", ".join(case.label for case in inference + training))
+    return chosen
 
 
 def sizes(text: str) -> list[int]:
@@ -379,6 +386,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-lr-size", type=sizes, default=[32, 64],
                         help="comma-separated training LR patch sides (default 32,64; 64 is the official 256x256 "
                              "GT patch)")
+    parser.add_argument("--cases", help="only the cases whose label contains one of these comma-separated parts, "
+                                         "e.g. '64x64,train S1'")
     parser.add_argument("--image", help="a photo for the PSNR check (x4 SR of a centre crop)")
     parser.add_argument("--photo-size", type=int, default=512, help="side of the photo's centre crop (HR)")
     parser.add_argument("--weights", help="a trained x4 SR DiffIRS2 checkpoint for the PSNR check (configuration "
@@ -401,18 +410,23 @@ def main(argv: list[str] | None = None) -> None:
         for w in workers.values():
             w.close()
     torch.set_num_threads(thread_counts[0])
-    diffusion_share(128, setup, repeats)
+    single = [row for row in rows if row["threads"] == thread_counts[0]]
+    measured = {row["case"]: row for row in single}
+    if "infer sr-x4 128x128" in measured:
+        diffusion_share(128, setup, repeats)
     if args.image:
         photo_psnr(args.image, args.weights, args.photo_size, setup)
 
-    single = [row for row in rows if row["threads"] == thread_counts[0]]
-    largest = next(row for row in single if row["case"] == f"infer sr-x4 {SR_SIZES[-1]}x{SR_SIZES[-1]}")
-    megapixels = (4 * SR_SIZES[-1]) ** 2 / 1e6
-    print(f"x4 SR, {thread_counts[0]} thread(s): {largest['plain'] / megapixels:.2f} s per output megapixel plain, "
-          f"{largest['fast'] / megapixels:.2f} compared side", flush=True)
-    memory = max(row["fast_mb"] / row["plain_mb"] for row in single if row["case"] in MEMORY_CASES)
-    print(f"speedup inference={min(r['speedup'] for r in single if not r['case'].startswith('train')):.3f} "
-          f"train={min(r['speedup'] for r in single if r['case'].startswith('train')):.3f} "
+    largest = measured.get(f"infer sr-x4 {SR_SIZES[-1]}x{SR_SIZES[-1]}")
+    if largest:
+        megapixels = (4 * SR_SIZES[-1]) ** 2 / 1e6
+        print(f"x4 SR, {thread_counts[0]} thread(s): {largest['plain'] / megapixels:.2f} s per output megapixel "
+              f"plain, {largest['fast'] / megapixels:.2f} compared side", flush=True)
+    nan = float("nan")  # for a group of cases that --cases left out
+    memory = max((row["fast_mb"] / row["plain_mb"] for row in single if row["case"] in MEMORY_CASES), default=nan)
+    inference = min((r["speedup"] for r in single if not r["case"].startswith("train")), default=nan)
+    training = min((r["speedup"] for r in single if r["case"].startswith("train")), default=nan)
+    print(f"speedup inference={inference:.3f} train={training:.3f} "
           f"maxdiff={max(r['maxdiff'] for r in rows):.3e} memory={memory:.3f}")
 
 

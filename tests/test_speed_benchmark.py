@@ -57,6 +57,16 @@ def test_plain_bf16_side(speed, capsys):
     assert 0 < maxdiff <= 0.1
 
 
+def test_cases_option_runs_only_the_chosen_cases(speed, capsys):
+    out = run(speed, capsys, "--cases", "64x64,train S1", "--train-lr-size", "8,16")
+    rows = re.findall(r"^((?:infer|train) .+?) +1 +[\d.]+ ", out, re.MULTILINE)
+    assert rows == ["infer sr-x4 64x64", "train S1 b2 8->32", "train S1 b2 16->64"]
+    assert "per output megapixel" not in out and "denoiser steps" not in out  # their cases were left out
+    assert re.fullmatch(r"speedup inference=[\d.]+ train=[\d.]+ maxdiff=\S+ memory=nan", out.strip().splitlines()[-1])
+    with pytest.raises(SystemExit, match="matches none of: infer sr-x4 64x64"):
+        run(speed, capsys, "--cases", "128x256")
+
+
 def test_photo_is_read_as_rgb_centre_crop(speed, tmp_path):
     path = REPO / "demo_data" / "val" / "dandelion_field.png"
     bgr = cv2.imread(str(path))
