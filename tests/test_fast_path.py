@@ -288,6 +288,10 @@ def test_compile_option_values_and_errors():
         compile_arguments({"backnd": "eager"})
     with pytest.raises(ValueError, match="compile: expected true/false, a mode name"):
         compile_arguments(3)
+    frozen = {"options": {"freezing": True}}
+    assert compile_arguments(frozen) == {**frozen, "dynamic": False}
+    with pytest.raises(ValueError, match=r"compile\.options\.freezing: .*inference only"):
+        compile_arguments(frozen, training=True)
 
 
 def test_compile_network_compiles_the_dirformer_in_place():

@@ -304,6 +304,8 @@ def test_compile_option_trains_like_eager_and_keeps_checkpoint_keys(stage_option
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match=r"compile\.mode: expected one of"):
         model_from(stage_options(1, top_level={"compile": {"mode": "fastest"}})[0])
+    with pytest.raises(ValueError, match=r"compile\.options\.freezing: .*inference only"):
+        model_from(stage_options(1, top_level={"compile": {"options": {"freezing": True}}})[0])
 
 
 def test_too_few_images_for_one_batch_is_an_error(stage_options):

@@ -53,26 +53,27 @@ def image_of(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 def normalize_tokens(norm: nn.Module, tokens: torch.Tensor, ones_column: bool = False) -> torch.Tensor:
     """A ChannelLayerNorm of (B, N, C) tokens without its gain and bias (those fold into the next
-    1x1 conv, see :func:`folded_projections`). With ``ones_column`` (:func:`eager_inference`): (B, N, C + 1)
-    with a last column of ones, so that the GEMM that follows adds its bias as a row of its weight
-    instead of first copying the bias into every output row."""
-    if ones_column:
-        b, n, c = tokens.shape
-        out = tokens.new_empty(b, n, c + 1)
-        out[..., c] = 1
-        normalized = out[..., :c]
-    if norm.subtract_mean:
-        result = F.layer_norm(tokens, tokens.shape[-1:], eps=norm.eps)
-        if not ones_column:
-            return result
-        normalized.copy_(result)
-        return out
-    centred = tokens - tokens.mean(dim=-1, keepdim=True)
-    rstd = torch.rsqrt(centred.square().mean(dim=-1, keepdim=True) + norm.eps)
+    1x1 conv, see :func:`folded_projections`). With ``ones_column`` (only in :func:`eager_inference`):
+    (B, N, C + 1) with a last column of ones, so that the GEMM that follows adds its bias as a row of
+    its weight instead of first copying the bias into every output row."""
     if not ones_column:
-        return tokens * rstd
-    torch.mul(tokens, rstd, out=normalized)
+        if norm.subtract_mean:
+            return F.layer_norm(tokens, tokens.shape[-1:], eps=norm.eps)
+        return tokens * bias_free_rstd(tokens, norm.eps)
+    b, n, c = tokens.shape
+    out = tokens.new_empty(b, n, c + 1)
+    out[..., c] = 1
+    if norm.subtract_mean:
+        out[..., :c] = F.layer_norm(tokens, tokens.shape[-1:], eps=norm.eps)
+    else:
+        torch.mul(tokens, bias_free_rstd(tokens, norm.eps), out=out[..., :c])
     return out
+
+
+def bias_free_rstd(tokens: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / std over the channels, for Restormer's BiasFree LayerNorm (which scales without centring)."""
+    centred = tokens - tokens.mean(dim=-1, keepdim=True)
+    return torch.rsqrt(centred.square().mean(dim=-1, keepdim=True) + eps)
 
 
 def fold_modulation(norm: nn.Module, kernel: nn.Module, ipr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -242,10 +243,8 @@ def _polyphase(weight: torch.Tensor) -> torch.Tensor:
     padded = F.pad(weight, [3 - size // 2] * 4)  # 7x7: every tap index below falls inside it
     phase = torch.arange(2, device=weight.device)
     coarse = torch.arange(3, device=weight.device)
-    # tap index 2*ky + i - a + 1 along each axis, broadcast over (a, b, i, j, ky, kx)
-    rows = (2 * coarse + phase.view(2, 1) - phase.view(2, 1, 1) + 1).view(2, 1, 2, 1, 3, 1)
-    cols = (2 * coarse + phase.view(2, 1) - phase.view(2, 1, 1) + 1).view(1, 2, 1, 2, 1, 3)
-    taps = padded[:, :, rows, cols]  # (O, C, a, b, i, j, ky, kx)
+    tap = 2 * coarse + phase.view(2, 1) - phase.view(2, 1, 1) + 1  # (a, i, ky): index into the padded axis
+    taps = padded[:, :, tap.view(2, 1, 2, 1, 3, 1), tap.view(1, 2, 1, 2, 1, 3)]  # (O, C, a, b, i, j, ky, kx)
     return taps.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(4 * out_ch, 4 * in_ch, 3, 3)
 
 

@@ -144,7 +144,7 @@ class DiffIRBaseModel(SRModel):
     def __init__(self, opt):
         complete_network_scale(opt)
         super().__init__(opt)
-        compile_network(self.get_bare_model(self.net_g), opt.get("compile"))
+        compile_network(self.get_bare_model(self.net_g), opt.get("compile"), training=bool(opt.get("is_train")))
 
     def feed_data(self, data):
         """Move the batch's ``batch_keys`` tensors to the device (``lq`` is required) and drop those the

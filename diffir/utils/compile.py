@@ -22,6 +22,10 @@ loads its graphs instead of compiling them again. ``TORCHINDUCTOR_CACHE_DIR`` se
 environment takes precedence; ``TORCHINDUCTOR_FX_GRAPH_CACHE=0`` turns the cache off. For tiled
 inference, all tiles share one size, so one graph serves a whole image.
 
+For inference, ``options: {freezing: true}`` (inductor's freezing: the weights become constants of
+the graph, and convolution weights are pre-packed) was the fastest setting on the test CPU; it is
+refused in training, where the weights change after compilation.
+
 Only the DIRformer of a DiffIR network is compiled: it is nearly all the compute, and CPEN and the
 few IPR diffusion steps (a Python loop over timesteps) would only add graphs. Compilation is in
 place (``nn.Module.compile``), so parameter names and state-dict keys stay those of the eager
@@ -41,8 +45,9 @@ MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagrap
 ARGUMENTS = ("mode", "backend", "fullgraph", "dynamic", "options")
 
 
-def compile_arguments(option) -> dict | None:
-    """The ``torch.compile`` keyword arguments a ``compile`` option asks for; None for eager mode."""
+def compile_arguments(option, training: bool = False) -> dict | None:
+    """The ``torch.compile`` keyword arguments a ``compile`` option asks for; None for eager mode.
+    ``training``: refuse inductor's ``freezing``, which bakes the weights into the graph as constants."""
     if option is None or option is False:
         return None
     if option is True:
@@ -58,6 +63,10 @@ def compile_arguments(option) -> dict | None:
     mode = option.get("mode")
     if mode is not None and mode not in MODES:
         raise ValueError(f"compile.mode: expected one of {MODES}, got {mode!r}")
+    if training and (option.get("options") or {}).get("freezing"):
+        raise ValueError("compile.options.freezing: freezing makes the weights constants of the compiled graph, "
+                         "so training would validate with the weights it started from; use it for inference only "
+                         "(test.py, inference.py, Restorer)")
     return {"dynamic": False, **option}
 
 
@@ -66,10 +75,11 @@ def graph_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "diffir" / "torchinductor"
 
 
-def compile_network(net: nn.Module, option) -> nn.Module:
+def compile_network(net: nn.Module, option, training: bool = False) -> nn.Module:
     """Compile, in place, the DIRformer of a DiffIR network (``net.G``), or the whole of any other
-    network, as ``option`` asks (see the module docstring); returns ``net``."""
-    arguments = compile_arguments(option)
+    network, as ``option`` asks (see the module docstring; ``training`` as in :func:`compile_arguments`);
+    returns ``net``."""
+    arguments = compile_arguments(option, training)
     if arguments is not None:
         from torch._inductor.runtime.cache_dir_utils import default_cache_dir  # torch only once compiling
 
