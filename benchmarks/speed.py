@@ -358,14 +358,14 @@ def cases(args) -> list[Case]:
     training = [Case(f"train S{stage} b{args.train_batch} {lr}->{4 * lr}", constructor_kwargs("sr-x4", stage),
                      stage, True, lr, args.train_batch) for lr in args.train_lr_size for stage in (1, 2)]
     chosen = [case for case in inference + training
-              if not args.cases or any(part in case.label for part in args.cases.split(","))]
+              if not args.cases or any(part and part in case.label for part in args.cases.split(","))]
     if not chosen:
         raise SystemExit(f"--cases {args.cases!r} matches none of: "
                          + ", ".join(case.label for case in inference + training))
     return chosen
 
 
-def sizes(text: str) -> list[int]:
+def int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",")]
 
 
@@ -380,10 +380,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="DIRformer implementation of the compared side (plain: measure only --dtype / --compile)")
     parser.add_argument("--quick", action="store_true", help="1 thread and one repetition per case")
     parser.add_argument("--repeats", type=int, help="timed repetitions per side (default 3; 1 with --quick)")
-    parser.add_argument("--threads", type=sizes,
+    parser.add_argument("--threads", type=int_list,
                         help="comma-separated CPU thread counts (default 1,2; 1 with --quick)")
     parser.add_argument("--train-batch", type=int, default=2, help="training batch (default 2)")
-    parser.add_argument("--train-lr-size", type=sizes, default=[32, 64],
+    parser.add_argument("--train-lr-size", type=int_list, default=[32, 64],
                         help="comma-separated training LR patch sides (default 32,64; 64 is the official 256x256 "
                              "GT patch)")
     parser.add_argument("--cases", help="only the cases whose label contains one of these comma-separated parts, "

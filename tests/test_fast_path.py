@@ -133,8 +133,8 @@ def test_composite_tail_is_one_conv_away_from_the_border():
 
 
 def test_composite_tail_is_composed_in_float32_under_autocast():
-    """Under bfloat16 autocast the composite kernel is composed in float32 and rounded once; the
-    bf16 tail is then closer to the float32 one than the plain tail run under the same autocast."""
+    """Under bfloat16 autocast the composite kernel is composed in float32 (then rounded once, by
+    the conv that uses it), and the tail stays within bfloat16 rounding of the float32 one."""
     tail = random_tail(8, torch.float32)
     feat = torch.randn(1, 8, 8, 8)
     upsampled = torch.zeros(1, 3, 32, 32)
@@ -143,9 +143,8 @@ def test_composite_tail_is_composed_in_float32_under_autocast():
         with torch.autocast("cpu", dtype=torch.bfloat16):
             kernel, _ = dirformer_fast.composite_tail(tail)
             fast = dirformer_fast.sr_tail(tail, feat, upsampled.clone())
-            plain = tail(feat)
     assert kernel.dtype == torch.float32
-    assert (fast.float() - ref).abs().max() <= (plain.float() - ref).abs().max()
+    assert (fast.float() - ref).abs().max() <= 0.02 * ref.abs().max()
 
 
 @pytest.mark.parametrize("variant", ["sr_x4", "deblur"])
@@ -277,7 +276,7 @@ def test_fast_path_compiles_without_graph_breaks():
     assert (out - ref).abs().max().item() <= 1e-5
 
 
-def test_compile_option_values_and_errors():
+def test_compile_option_values_and_errors(monkeypatch):
     assert compile_arguments(None) is None and compile_arguments(False) is None
     assert compile_arguments(True) == {"dynamic": False}  # graphs specialised to each input shape
     assert compile_arguments("reduce-overhead") == {"mode": "reduce-overhead", "dynamic": False}
@@ -290,8 +289,14 @@ def test_compile_option_values_and_errors():
         compile_arguments(3)
     frozen = {"options": {"freezing": True}}
     assert compile_arguments(frozen) == {**frozen, "dynamic": False}
-    with pytest.raises(ValueError, match=r"compile\.options\.freezing: .*inference only"):
+    with pytest.raises(ValueError, match=r"compile\.options\.freezing .*inference only"):
         compile_arguments(frozen, training=True)
+    import torch._inductor.config
+
+    monkeypatch.setattr(torch._inductor.config, "freezing", True)  # as TORCHINDUCTOR_FREEZING=1 sets it
+    with pytest.raises(ValueError, match=r"TORCHINDUCTOR_FREEZING=1"):
+        compile_arguments(True, training=True)
+    assert compile_arguments({"options": {"freezing": False}}, training=True)  # the option overrides the config
 
 
 def test_compile_network_compiles_the_dirformer_in_place():

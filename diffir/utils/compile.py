@@ -47,7 +47,7 @@ ARGUMENTS = ("mode", "backend", "fullgraph", "dynamic", "options")
 
 def compile_arguments(option, training: bool = False) -> dict | None:
     """The ``torch.compile`` keyword arguments a ``compile`` option asks for; None for eager mode.
-    ``training``: refuse inductor's ``freezing``, which bakes the weights into the graph as constants."""
+    ``training``: refuse inductor's freezing, which bakes the weights into the graph as constants."""
     if option is None or option is False:
         return None
     if option is True:
@@ -63,11 +63,22 @@ def compile_arguments(option, training: bool = False) -> dict | None:
     mode = option.get("mode")
     if mode is not None and mode not in MODES:
         raise ValueError(f"compile.mode: expected one of {MODES}, got {mode!r}")
-    if training and (option.get("options") or {}).get("freezing"):
-        raise ValueError("compile.options.freezing: freezing makes the weights constants of the compiled graph, "
-                         "so training would validate with the weights it started from; use it for inference only "
-                         "(test.py, inference.py, Restorer)")
+    if training and frozen(option):
+        raise ValueError("compile.options.freezing (or TORCHINDUCTOR_FREEZING=1): freezing makes the weights "
+                         "constants of the graphs compiled without gradients, so validation during training would "
+                         "keep the weights of its first run; use it for inference only (test.py, inference.py, "
+                         "Restorer)")
     return {"dynamic": False, **option}
+
+
+def frozen(option: Mapping) -> bool:
+    """Whether inductor's freezing applies: asked in ``options``, else set in inductor's config (for
+    instance by TORCHINDUCTOR_FREEZING=1)."""
+    if "freezing" in (option.get("options") or {}):
+        return bool(option["options"]["freezing"])
+    import torch._inductor.config  # torch only once compiling
+
+    return bool(torch._inductor.config.freezing)
 
 
 def graph_cache_dir() -> Path:
