@@ -405,9 +405,10 @@ class Restorer:
             return autocast_context(self.device.type, precision)
 
         # tiles read the input region by region; a whole-image run reads it once
-        x = source if self._needs_tiles(source) else source.whole()
+        tiled = self._needs_tiles(source)
+        x = source if tiled else source.whole()
         with autocast():
-            ipr = self.net.estimate_ipr(x, noise, self.tile if self._needs_tiles(source) else None)
+            ipr = self.net.estimate_ipr(x, noise, self.tile if tiled else None)
         for top, left, block in self._blocks(x, ipr, autocast, progress or (lambda done, total: None)):
             if not torch.isfinite(block).all():
                 return False
