@@ -76,6 +76,43 @@ def test_fast_matches_plain_output_and_gradients(variant, mode):
     assert_close_grads(grads_plain, grads_fast, rtol=1e-4)
 
 
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+def test_fast_matches_plain_without_autograd(variant):
+    """Without autograd the fast path takes its inference forms (the bias as a weight row, GELU and
+    gate in place, hidden widths padded to a multiple of 16 from 17 and 14 here)."""
+    net, x, ipr = tiny_dirformer(variant)
+    net.eval()
+    with torch.inference_mode():
+        net.impl = "plain"
+        ref = net(x, ipr)
+        net.impl = "fast"
+        out = net(x, ipr)
+    assert ref.abs().max() > 0.1
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
+@pytest.mark.parametrize("grad", [False, True])
+def test_projection_chunks_are_zero_padded_to_the_width_multiple(grad):
+    """Each chunk of a folded projection (weight, bias, depthwise weight and bias) gets zero channels
+    up to the multiple and is otherwise unchanged."""
+    net, _, ipr = tiny_dirformer("deblur")  # bias=True: the conv biases are padded too
+    block = net.encoder_level1[0]
+    ffn = block.ffn
+    hidden = ffn.project_out.in_channels
+    with torch.set_grad_enabled(grad):
+        padded = dirformer_fast.folded_projections(block.norm2, ffn.kernel, ipr, ffn.project_in, ffn.dwconv, 2, 24)
+        plain = dirformer_fast.folded_projections(block.norm2, ffn.kernel, ipr, ffn.project_in, ffn.dwconv, 2)
+    assert hidden == 16 and len(padded) == 2
+    for chunk, reference in zip(padded, plain):
+        for t, ref, dim in zip(chunk, reference, (-1, -1, 0, 0)):
+            if ref is None:  # the bias of a weight with a ones-column row (without autograd)
+                assert t is None and not grad
+                continue
+            assert t.shape[dim] == 24
+            assert torch.equal(t.narrow(dim, 0, hidden), ref)
+            assert not t.narrow(dim, hidden, 24 - hidden).any()
+
+
 def test_fast_matches_plain_for_channels_last_input_and_batch_of_one():
     net, x, ipr = tiny_dirformer("deblur")
     net.eval()
