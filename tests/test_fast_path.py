@@ -6,7 +6,7 @@ import torch
 
 from diffir import DiffIRS1, DiffIRS2
 from diffir.archs import dirformer_fast
-from diffir.archs.dirformer import DIRformer, IPRSequential, plain_block, x4_upsampler_tail
+from diffir.archs.dirformer import ChannelLayerNorm, DIRformer, IPRSequential, plain_block, x4_upsampler_tail
 from diffir.utils.compile import compile_arguments, compile_network, graph_cache_dir
 from official_fixture import load_fixture, materialize
 
@@ -77,11 +77,21 @@ def test_fast_matches_plain_output_and_gradients(variant, mode):
 
 
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
-def test_fast_matches_plain_without_autograd(variant):
+def test_fast_matches_plain_without_autograd(variant, monkeypatch):
     """Without autograd the fast path takes its inference forms (the bias as a weight row, GELU and
-    gate in place, hidden widths padded to a multiple of 16 from 17 and 14 here)."""
+    gate in place, hidden widths padded to a multiple of 16: from 17 and 14 on level 1 here)."""
     net, x, ipr = tiny_dirformer(variant)
     net.eval()
+    widths = []
+
+    def recording(norm, kernel, ipr, pointwise, dwconv, chunks, *multiple):
+        parts = folded_projections(norm, kernel, ipr, pointwise, dwconv, chunks, *multiple)
+        if chunks == 2:  # a feed-forward: its hidden width and the width it ran at
+            widths.append((pointwise.out_channels // 2, parts[0][0].shape[-1]))
+        return parts
+
+    folded_projections = dirformer_fast.folded_projections
+    monkeypatch.setattr(dirformer_fast, "folded_projections", recording)
     with torch.inference_mode():
         net.impl = "plain"
         ref = net(x, ipr)
@@ -89,6 +99,8 @@ def test_fast_matches_plain_without_autograd(variant):
         out = net(x, ipr)
     assert ref.abs().max() > 0.1
     assert (out - ref).abs().max().item() <= 1e-5
+    assert widths and all(width == 16 * -(-hidden // 16) for hidden, width in widths)
+    assert any(hidden % 16 for hidden, _ in widths) == (variant != "deblur")  # deblur's widths need none
 
 
 @pytest.mark.parametrize("grad", [False, True])
@@ -184,12 +196,13 @@ def test_composite_tail_is_composed_in_float32_under_autocast():
     assert (fast.float() - ref).abs().max() <= 0.02 * ref.abs().max()
 
 
-@pytest.mark.parametrize("variant", ["sr_x4", "deblur"])
+@pytest.mark.parametrize("variant", ["sr_x4", "deblur", "inpaint_dual_pixel"])
 def test_blocks_in_row_bands_match_the_plain_path(variant, monkeypatch):
     """Without autograd the fast path runs attention and feed-forward on bands of rows (here of 4 rows,
-    with a halo row each side): the seams must be exact and q.k^T summed over the bands."""
+    with a halo row each side): the seams must be exact and q.k^T summed over the bands (also with
+    conv biases and a padded hidden width, inpaint_dual_pixel)."""
     net, _, ipr = tiny_dirformer(variant)
-    x = torch.rand(2, 3, 24, 16)
+    x = torch.rand(2, VARIANTS[variant].get("inp_channels", 3), 24, 16)
     monkeypatch.setattr(dirformer_fast, "BAND_PIXELS", 8)
     net.eval()
     with torch.no_grad():
@@ -301,6 +314,18 @@ def test_float16_attention_does_not_overflow():
         out = net.half()(x.half(), ipr.half())
     assert torch.isfinite(out).all()
     assert (out.double() - ref).abs().max().item() <= 0.02 * ref.abs().max().item()
+
+
+@pytest.mark.parametrize("ones_column", [False, True])
+def test_bias_free_norm_does_not_overflow_in_float16(ones_column):
+    """Tokens whose sum of squares over the channels passes float16's range (RMS 40 over 128 channels)
+    still normalise to the float32 result, as the plain path's per-element squares do."""
+    norm = ChannelLayerNorm(128, "BiasFree")
+    tokens = 40 * torch.randn(2, 10, 128)
+    ref = dirformer_fast.normalize_tokens(norm, tokens, ones_column)
+    out = dirformer_fast.normalize_tokens(norm, tokens.half(), ones_column)
+    assert ref[..., :128].abs().max() > 1
+    assert (out.float() - ref).abs().max().item() <= 1e-2
 
 
 def test_fast_path_compiles_without_graph_breaks():

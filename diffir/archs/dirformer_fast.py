@@ -77,9 +77,11 @@ def normalize_tokens(norm: nn.Module, tokens: torch.Tensor, ones_column: bool = 
 def bias_free_rstd(tokens: torch.Tensor, eps: float) -> torch.Tensor:
     """1 / std over the channels, for Restormer's BiasFree LayerNorm (which scales without centring)."""
     centred = tokens - tokens.mean(dim=-1, keepdim=True)
-    # the norm is one fused pass over the tokens; squaring and then averaging would be two
-    sum_of_squares = torch.linalg.vector_norm(centred, dim=-1, keepdim=True).square()
-    return torch.rsqrt(sum_of_squares / tokens.shape[-1] + eps)
+    # the norm is one fused pass over the tokens (squaring and then averaging would be two), taken in
+    # at least float32: a float16 sum of squares overflows once the channels' RMS passes 256 / sqrt(C)
+    dtype = torch.promote_types(tokens.dtype, torch.float32)
+    norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True, dtype=dtype)
+    return torch.rsqrt(norm.square() / tokens.shape[-1] + eps).to(tokens.dtype)
 
 
 def fold_modulation(norm: nn.Module, kernel: nn.Module, ipr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,7 +128,7 @@ def folded_projections(norm: nn.Module, kernel: nn.Module, ipr: torch.Tensor, po
         parts = t.split(size, dim)
         return [F.pad(part, [0, 0] * (t.dim() - 1 - dim) + [0, extra]) for part in parts] if extra else parts
 
-    if eager_inference():  # the bias as a last column of each output channel's row: one copy of whole rows
+    if eager_inference():  # the bias as a last column of each output channel's row, for all chunks at once
         augmented = torch.cat([per_sample, folded_bias.unsqueeze(-1)], dim=2)
         matrices = [(part.transpose(1, 2), None) for part in split(augmented, 1)]
     else:
@@ -234,8 +236,8 @@ def feed_forward_residual(ffn: nn.Module, norm: nn.Module, tokens: torch.Tensor,
     out = None
     for band, band_h, kept, placed in row_bands(tokens, h, w):
         x1, x2 = project(band, norm, parts, band_h, w)
-        # without autograd in place: GELU into a fresh tensor measured twice as slow
-        gated = (F.gelu(x1) * x2 if torch.is_grad_enabled() else torch.ops.aten.gelu_(x1).mul_(x2))[:, kept]
+        # in eager inference in place: GELU into a fresh tensor measured twice as slow
+        gated = (torch.ops.aten.gelu_(x1).mul_(x2) if eager_inference() else F.gelu(x1) * x2)[:, kept]
         residual = band[:, kept] if ffn.project_out.bias is None else band[:, kept] + ffn.project_out.bias
         # one GEMM over all pixels of the batch
         result = torch.addmm(residual.reshape(-1, c), gated.reshape(-1, gated.shape[-1]), out_weight).view(b, -1, c)
@@ -312,13 +314,14 @@ def composite_tail(tail: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 def tail_at_edge(tail: nn.Module, feat: torch.Tensor, dim: int, first: bool) -> torch.Tensor:
     """The tail's output for the first (or last) LR row (dim=-2) or column (dim=-1) of ``feat``, exactly
-    as the three convs give it, from the 3 rows it depends on. Each conv is zero-padded on the image's
-    side only and so computes just the rows that the next one reads."""
+    as the three convs give it, from the 3 rows it depends on. Across the strip, each conv is
+    zero-padded on the border side only (the inner side has real rows), so that it computes just the
+    rows that the next one reads."""
     def keep(x: torch.Tensor, n: int) -> torch.Tensor:
         return x.narrow(dim, 0 if first else x.shape[dim] - n, n)
 
     padding = [1, 1, 1, 1]  # left, right, top, bottom
-    padding[(2 if dim == -2 else 0) + (1 if first else 0)] = 0  # the inner side reads real rows
+    padding[(2 if dim == -2 else 0) + (1 if first else 0)] = 0  # none on the inner side
 
     def conv(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(F.pad(x, padding), module.weight, module.bias)
