@@ -14,7 +14,7 @@ state dict; ``DIRformer(impl=...)`` picks the path.
   with the halo row each side that the 3x3 depthwise convs read): the feed-forward band by band,
   the attention's q.k^T and norms summed over bands (only v is kept whole). At 128x128 and larger
   this made inference 10-30% faster than streaming each wide activation through memory. The
-  feed-forward gate multiplies in place.
+  feed-forward's GELU and gate work in place.
 * The feed-forward's hidden width is zero-padded to a multiple of 16 (:data:`HIDDEN_MULTIPLE`):
   281 channels ran slower than 288.
 * The x4 SR tail (three convs and two pixel-shuffles, no nonlinearity) is one 5x5 conv at LR
