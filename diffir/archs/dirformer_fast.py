@@ -79,8 +79,7 @@ def bias_free_rstd(tokens: torch.Tensor, eps: float) -> torch.Tensor:
     centred = tokens - tokens.mean(dim=-1, keepdim=True)
     # the norm is one fused pass over the tokens (squaring and then averaging would be two), taken in
     # at least float32: a float16 sum of squares overflows once the channels' RMS passes 256 / sqrt(C)
-    dtype = torch.promote_types(tokens.dtype, torch.float32)
-    norm = torch.linalg.vector_norm(centred, dim=-1, keepdim=True, dtype=dtype)
+    norm = torch.linalg.vector_norm(at_least_float32(centred), dim=-1, keepdim=True)
     return torch.rsqrt(norm.square() / tokens.shape[-1] + eps).to(tokens.dtype)
 
 
@@ -128,7 +127,9 @@ def folded_projections(norm: nn.Module, kernel: nn.Module, ipr: torch.Tensor, po
         parts = t.split(size, dim)
         return [F.pad(part, [0, 0] * (t.dim() - 1 - dim) + [0, extra]) for part in parts] if extra else parts
 
-    if eager_inference():  # the bias as a last column of each output channel's row, for all chunks at once
+    # in eager inference the bias is a last column of each output channel's row, for all chunks at once
+    # (the ones column it needs is written with out=, which has no autograd and does not trace)
+    if eager_inference():
         augmented = torch.cat([per_sample, folded_bias.unsqueeze(-1)], dim=2)
         matrices = [(part.transpose(1, 2), None) for part in split(augmented, 1)]
     else:
@@ -139,14 +140,16 @@ def folded_projections(norm: nn.Module, kernel: nn.Module, ipr: torch.Tensor, po
 
 
 def project(tokens: torch.Tensor, norm: nn.Module, parts: list[tuple], h: int, w: int) -> list[torch.Tensor]:
-    """``dwconv(pointwise(modulate(norm(tokens))))``, chunk by chunk, for (B, H*W, C) tokens."""
-    if not eager_inference():  # out= into a strided buffer has no autograd and does not trace
-        normalized = normalize_tokens(norm, tokens)
-        return [depthwise(torch.baddbmm(bias, normalized, weight), dw_weight, dw_bias, h, w)
-                for weight, bias, dw_weight, dw_bias in parts]
-    augmented = normalize_tokens(norm, tokens, ones_column=True)
-    return [depthwise(torch.bmm(augmented, weight), dw_weight, dw_bias, h, w)
-            for weight, _, dw_weight, dw_bias in parts]
+    """``dwconv(pointwise(modulate(norm(tokens))))``, chunk by chunk, for (B, H*W, C) tokens and the
+    ``parts`` of :func:`folded_projections`; weights that hold their bias as a last row (bias None)
+    read the tokens with a column of ones."""
+    if parts[0][1] is None:
+        augmented = normalize_tokens(norm, tokens, ones_column=True)
+        return [depthwise(torch.bmm(augmented, weight), dw_weight, dw_bias, h, w)
+                for weight, _, dw_weight, dw_bias in parts]
+    normalized = normalize_tokens(norm, tokens)
+    return [depthwise(torch.baddbmm(bias, normalized, weight), dw_weight, dw_bias, h, w)
+            for weight, bias, dw_weight, dw_bias in parts]
 
 
 BAND_PIXELS = 4096  # pixels per band of rows without autograd: a band's activations stay in the CPU's cache
