@@ -160,9 +160,7 @@ def hole_mask(mask: np.ndarray) -> np.ndarray:
     """
     mask = np.asarray(mask)
     # the threshold comes from the input dtype: the channel mean of an integer mask is a float
-    half = np.iinfo(mask.dtype).max / 2 if np.issubdtype(mask.dtype, np.integer) else 0.5
-    if np.issubdtype(mask.dtype, np.integer) and mask.max(initial=0) == 1:
-        half = 0.5
+    half = np.iinfo(mask.dtype).max / 2 if np.issubdtype(mask.dtype, np.integer) and mask.max(initial=0) > 1 else 0.5
     if mask.ndim == 3:
         mask = mask[..., :3].mean(axis=2)
     return mask > half
