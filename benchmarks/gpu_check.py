@@ -1,32 +1,39 @@
 """GPU check: the plain fp32 DIRformer against every GPU option, in one table (needs torch and this repo only).
 
 The network is the official full-size x4 SR DIRformer (random weights; CPEN_S2 and the IPR
-diffusion, a few percent of the time, are left out). Options, each against plain fp32 eager:
+diffusion, a few percent of the time, are left out). An option is one or more of these flags,
+joined by ``+`` (``bf16+tail``), each measured against plain fp32 eager:
 
-* ``bf16``: autocast to bfloat16;
-* ``channels_last``: channels_last input and weights;
-* ``fast``: the fast implementation (``impl='fast'``), fp32;
-* ``bf16+cl``: bf16 autocast and channels_last together;
-* ``compile reduce-overhead`` (inductor + CUDA graphs) and ``compile max-autotune-no-cudagraphs``,
-  both in bf16 autocast; their first call (compilation) is printed;
-* ``compile reduce-overhead fast``: the same over the fast implementation, whose x4 tail is one
-  5x5 conv at LR resolution (a third of the network's FLOPs less; not measured on a GPU yet).
+* ``bf16``: autocast to bfloat16; ``bf16w``: bfloat16 weights and input (no autocast);
+* ``cl``: channels_last input and weights;
+* ``fast``: the fast implementation (``impl='fast'``), composite x4 tail included;
+* ``tail``: the plain blocks with the fast path's composite x4 tail (one 5x5 conv at LR resolution
+  instead of three convs at 1x, 2x and 4x: a third of the network's FLOPs less);
+* ``graph`` (inference, CUDA only): the eager forward captured once in a CUDA graph and replayed
+  (launch overhead gone without compiling; the input and output stay in the same memory);
+* ``compile MODE`` first (``compile reduce-overhead tail``): ``torch.compile`` in that mode
+  (``reduce-overhead`` is inductor + CUDA graphs), always in bf16 autocast; the first call
+  (compilation) is printed.
 
 Inference: x4 SR at LR 64x64, 128x128, 256x256. Training: one iteration (forward, L1, backward,
 Adam step) at batch 8, LR 64 -> GT 256 (the official patch). Each row gives the median time, the
-ratio plain / option and, for inference, the PSNR difference against plain fp32 (PSNR of each output
-against a smooth synthetic 4x-resolution image, whose LR version is the input). Targets: inference
->= 4x at <= 0.01 dB, training >= 2x. Compilations stop once ``--budget`` seconds have passed (the
-rows skipped say so), so that the whole check fits in about 8 minutes on an H100::
+ratio plain / option and, for inference, seconds per output megapixel, the largest difference from
+the plain fp32 output and the PSNR difference against plain fp32 (PSNR of each output against a
+smooth synthetic 4x-resolution image, whose LR version is the input). Targets: inference >= 4x at
+<= 0.01 dB, training >= 2x. Eager rows come first, then the compiled ones (inference size by
+size in the order of ``--sizes``, then training) until ``--budget`` seconds have passed (the rows
+skipped say so), so that the whole check fits in about 8 minutes on an H100::
 
     python benchmarks/gpu_check.py
 
-Without a CUDA device it prints one line saying that it skipped the GPU cases and exits with 0.
+Without a CUDA device it prints one line saying that it skipped the GPU cases and exits with 0;
+``--device cpu`` runs the same table on the CPU (slowly: to try the script out).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib
 import importlib.util
 import statistics
@@ -36,15 +43,45 @@ import types
 from pathlib import Path
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = (64, 128, 256)
-EAGER_OPTIONS = ("bf16", "channels_last", "fast", "bf16+cl")
-COMPILE_MODES = ("reduce-overhead", "max-autotune-no-cudagraphs")
-OPTIONS = (*EAGER_OPTIONS, *(f"compile {mode}" for mode in COMPILE_MODES), "compile reduce-overhead fast")
-DEFAULT_OPTIONS = tuple(option for option in OPTIONS if "max-autotune" not in option)
-CHANNELS_LAST = ("channels_last", "bf16+cl")
+FLAGS = ("bf16", "bf16w", "cl", "fast", "tail", "graph")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
+DEFAULT_OPTIONS = ("bf16", "cl", "bf16+cl", "fast", "tail", "bf16+tail", "bf16w+tail", "graph", "tail+graph",
+                   "bf16+graph", "bf16+tail+graph", "compile reduce-overhead tail", "compile reduce-overhead")
+DEFAULT_TRAIN_OPTIONS = ("bf16", "bf16+cl", "fast", "tail", "bf16+tail", "compile default", "compile default tail")
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One row's settings, parsed from its name (see the module docstring)."""
+    name: str
+    flags: frozenset = frozenset()
+    compile_mode: str | None = None
+
+    @classmethod
+    def parse(cls, name: str) -> Option:
+        tokens = name.replace("+", " ").split()
+        mode = None
+        if tokens[:1] == ["compile"]:
+            if len(tokens) < 2 or tokens[1] not in COMPILE_MODES:
+                raise ValueError(f"option {name!r}: 'compile' is followed by a mode, one of {COMPILE_MODES}")
+            mode, tokens = tokens[1], tokens[2:]
+        unknown = sorted(set(tokens) - set(FLAGS))
+        if not tokens and mode is None or unknown:
+            raise ValueError(f"option {name!r}: unknown flags {unknown}; an option is 'compile MODE' and/or "
+                             f"flags joined by '+', from {FLAGS}")
+        return cls(name, frozenset(tokens), mode)
+
+    @property
+    def autocast(self) -> bool:
+        return "bf16" in self.flags or self.compile_mode is not None
+
+
+PLAIN = Option("plain fp32")
 
 
 def load_archs() -> types.ModuleType:
@@ -69,6 +106,17 @@ def sr_x4_options() -> dict:
     return {"head": "sr", **{k: preset[k] for k in keys}}
 
 
+class CompositeTail(nn.Module):
+    """The x4 tail as the fast path computes it, for a network that keeps its plain blocks."""
+
+    def __init__(self, tail: nn.Module):
+        super().__init__()
+        self.convs = tail
+
+    def forward(self, feat: torch.Tensor) -> torch.Tensor:
+        return sys.modules["gpu_check_archs.dirformer_fast"].x4_tail(self.convs, feat)
+
+
 def smooth_image(size: int, device: torch.device) -> torch.Tensor:
     y, x = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
     channels = [0.5 + 0.4 * torch.sin(9 * x + 3 * y + phase) * torch.cos(7 * y - phase) for phase in (0.0, 1.0, 2.0)]
@@ -79,73 +127,86 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return (10 * torch.log10(1 / F.mse_loss(a.float().clamp(0, 1), b.float()))).item()
 
 
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        torch.cuda.synchronize()
-        start = time.perf_counter()
-        fn()
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 class Check:
     def __init__(self, args):
         self.args = args
-        self.device = torch.device("cuda")
+        self.device = torch.device(args.device)
         self.dirformer = load_archs().DIRformer
         self.options = sr_x4_options()
         self.start = time.perf_counter()
 
-    def network(self, option: str, train: bool = False) -> torch.nn.Module:
+    def synchronize(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def median_seconds(self, fn) -> float:
+        times = []
+        for _ in range(self.args.repeats):
+            self.synchronize()
+            start = time.perf_counter()
+            fn()
+            self.synchronize()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times)
+
+    def network(self, option: Option, train: bool = False) -> nn.Module:
         torch.manual_seed(0)
-        net = self.dirformer(**self.options, impl="fast" if "fast" in option.split() else "plain").to(self.device)
-        net.train(train)
-        if option in CHANNELS_LAST:
+        net = self.dirformer(**self.options, impl="fast" if "fast" in option.flags else "plain")
+        if "tail" in option.flags:
+            net.tail = CompositeTail(net.tail)
+        net = net.to(self.device, torch.bfloat16 if "bf16w" in option.flags else torch.float32).train(train)
+        if "cl" in option.flags:
             net = net.to(memory_format=torch.channels_last)
-        if option.startswith("compile"):
-            net.compile(mode=option.split()[1], dynamic=False)
+        if option.compile_mode:
+            net.compile(mode=option.compile_mode, dynamic=False)
         return net
 
-    @staticmethod
-    def precision(option: str):
-        if option in ("fp32", "channels_last", "fast"):
+    def inputs(self, option: Option, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """The tensors on the device, in the option's dtype and memory format."""
+        dtype = torch.bfloat16 if "bf16w" in option.flags else torch.float32
+        tensors = [t.to(self.device, dtype) for t in tensors]
+        if "cl" in option.flags:
+            tensors = [t.contiguous(memory_format=torch.channels_last) if t.dim() == 4 else t for t in tensors]
+        return tensors
+
+    def precision(self, option: Option):
+        if not option.autocast:
             return contextlib.nullcontext()
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def over_budget(self) -> bool:
         return time.perf_counter() - self.start > self.args.budget
 
-    def inference(self, option: str, size: int) -> tuple[float, torch.Tensor, float]:
+    def inference(self, option: Option, size: int) -> tuple[float, torch.Tensor, float]:
         net = self.network(option)
         hr = smooth_image(4 * size, self.device)
         lq = F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
-        if option in CHANNELS_LAST:
-            lq = lq.contiguous(memory_format=torch.channels_last)
-        ipr = torch.randn(1, 256, generator=torch.Generator().manual_seed(1)).to(self.device)
+        ipr = torch.randn(1, 256, generator=torch.Generator().manual_seed(1))
+        lq, ipr = self.inputs(option, lq, ipr)
 
         @torch.inference_mode()
         def run():
             with self.precision(option):
                 return net(lq, ipr)
 
-        torch.cuda.synchronize()
+        self.synchronize()
         start = time.perf_counter()
+        if "graph" in option.flags:
+            run = graphed(run)
         out = run().float().clone()  # a copy: CUDA-graph replays reuse their output memory
         run()
-        torch.cuda.synchronize()
+        self.synchronize()
         first = time.perf_counter() - start
-        return median_seconds(run, self.args.repeats), out, first
+        return self.median_seconds(run), out, first
 
-    def training(self, option: str) -> tuple[float, float]:
+    def training(self, option: Option) -> tuple[float, float]:
         net = self.network(option, train=True)
         generator = torch.Generator().manual_seed(2)
-        lq = torch.rand(self.args.batch, 3, 64, 64, generator=generator).to(self.device)
-        gt = torch.rand(self.args.batch, 3, 256, 256, generator=generator).to(self.device)
-        ipr = torch.randn(self.args.batch, 256, generator=generator).to(self.device)
-        if option in CHANNELS_LAST:
-            lq, gt = (t.contiguous(memory_format=torch.channels_last) for t in (lq, gt))
+        lr = self.args.train_lr
+        lq = torch.rand(self.args.batch, 3, lr, lr, generator=generator)
+        gt = torch.rand(self.args.batch, 3, 4 * lr, 4 * lr, generator=generator)
+        ipr = torch.randn(self.args.batch, 256, generator=generator)
+        lq, gt, ipr = self.inputs(option, lq, gt, ipr)
         optimizer = torch.optim.Adam(net.parameters(), lr=2e-4)
 
         def run():
@@ -155,67 +216,121 @@ class Check:
             loss.backward()
             optimizer.step()
 
-        torch.cuda.synchronize()
+        self.synchronize()
         start = time.perf_counter()
         run()
         run()
-        torch.cuda.synchronize()
-        return median_seconds(run, self.args.repeats), time.perf_counter() - start
+        self.synchronize()
+        return self.median_seconds(run), time.perf_counter() - start
 
 
-def row(case: str, option: str, seconds: float, plain: float, first: float, psnr_diff: str) -> None:
-    print(f"{case:<22} {option:<34} {seconds * 1e3:10.1f} {plain / seconds:7.2f}x {psnr_diff:>10} {first:9.1f}",
-          flush=True)
+def graphed(fn):
+    """``fn`` (no arguments, returns a tensor) captured in a CUDA graph: each call replays all its
+    kernels in one launch and returns the same output tensor."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up runs outside the capture: cuDNN picks its algorithms here
+        fn()
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+
+    def replay() -> torch.Tensor:
+        graph.replay()
+        return out
+    return replay
+
+
+def row(case: str, option: str, seconds: float, plain: float, first: float, per_megapixel: str = "",
+        max_diff: str = "", psnr_diff: str = "") -> None:
+    print(f"{case:<20} {option:<32} {seconds * 1e3:9.1f} {plain / seconds:7.2f}x {per_megapixel:>7} {max_diff:>8} "
+          f"{psnr_diff:>9} {first:7.1f}", flush=True)
+
+
+def skipped(case: str, option: Option, budget: float) -> None:
+    print(f"{case:<20} {option.name:<32} skipped: past the --budget of {budget:.0f} s", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8, help="training batch (official: 8 per GPU)")
+    parser.add_argument("--train-lr", type=int, default=64, help="training LR patch size (official: 64)")
     parser.add_argument("--budget", type=float, default=390,
                         help="seconds after which no further compilation starts (default 390)")
     parser.add_argument("--sizes", default=",".join(map(str, SIZES)), help="LR sizes of the inference cases")
     parser.add_argument("--options", default=",".join(DEFAULT_OPTIONS),
-                        help=f"comma-separated inference options (default: all but max-autotune, whose kernel "
-                             f"search alone took over 4 minutes per size on an H100); any of {', '.join(OPTIONS)}")
-    parser.add_argument("--train-options", default="bf16,bf16+cl,fast,compile default",
+                        help="comma-separated inference options, in the order measured (compiled ones after "
+                             "the eager ones); 'compile max-autotune-no-cudagraphs' is left out of the default, "
+                             "its kernel search alone took over 4 minutes per size on an H100")
+    parser.add_argument("--train-options", default=",".join(DEFAULT_TRAIN_OPTIONS),
                         help="comma-separated training options ('' for no training case)")
+    parser.add_argument("--device", default="cuda", help="cuda (default), or cpu to try the script out")
     args = parser.parse_args(argv)
-    unknown = set(args.options.split(",")) - set(OPTIONS)
-    if unknown:
-        parser.error(f"--options: unknown {sorted(unknown)}; choose from {OPTIONS}")
-    if not torch.cuda.is_available():
+    try:
+        options = [Option.parse(name) for name in args.options.split(",") if name]
+        train_options = [Option.parse(name) for name in args.train_options.split(",") if name]
+    except ValueError as error:
+        parser.error(str(error))
+    if any("graph" in option.flags for option in train_options):
+        parser.error("--train-options: 'graph' is for inference only")
+    if args.device != "cuda" and any("graph" in option.flags for option in options):
+        parser.error("--options: 'graph' needs --device cuda")
+    if args.device == "cuda" and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; skipped the GPU cases (nothing measured)", flush=True)
         return 0
     torch.backends.cudnn.benchmark = True
     check = Check(args)
-    print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}; full-size x4 SR DIRformer, random weights; "
-          f"medians of {args.repeats}; ratio = plain fp32 time / option time", flush=True)
-    print(f"{'case':<22} {'option':<34} {'ms':>10} {'ratio':>8} {'dPSNR dB':>10} {'1st s':>9}", flush=True)
-    options = args.options.split(",")
-    for size in map(int, args.sizes.split(",")):
-        case = f"infer LR {size}x{size}"
-        plain, reference, first = check.inference("fp32", size)
-        hr = smooth_image(4 * size, check.device)
-        plain_psnr = psnr(reference, hr)
-        row(case, "plain fp32", plain, plain, first, f"{plain_psnr:.2f}")
-        for option in options:
-            if option.startswith("compile") and check.over_budget():
-                print(f"{case:<22} {option:<34} skipped: past the --budget of {args.budget:.0f} s", flush=True)
-                continue
-            seconds, out, first = check.inference(option, size)
-            row(case, option, seconds, plain, first, f"{psnr(out, hr) - plain_psnr:+.4f}")
-    train_options = [option for option in args.train_options.split(",") if option]
-    case = f"train b{args.batch} 64->256"
-    if train_options:
-        plain, first = check.training("fp32")
-        row(case, "plain fp32", plain, plain, first, "")
-    for option in train_options:
-        if option.startswith("compile") and check.over_budget():
-            print(f"{case:<22} {option:<34} skipped: past the --budget of {args.budget:.0f} s", flush=True)
-            continue
+    name = torch.cuda.get_device_name() if check.device.type == "cuda" else "CPU"
+    print(f"# {name}, torch {torch.__version__}; full-size x4 SR DIRformer, random weights; medians of "
+          f"{args.repeats}; ratio = plain fp32 time / option time; s/MP = seconds per output megapixel", flush=True)
+    print(f"{'case':<20} {'option':<32} {'ms':>9} {'ratio':>8} {'s/MP':>7} {'maxdiff':>8} {'dPSNR dB':>9} "
+          f"{'1st s':>7}", flush=True)
+
+    sizes = [int(size) for size in args.sizes.split(",") if size]
+    plain = {}  # size -> (seconds, output, PSNR)
+    case = {size: f"infer LR {size}x{size}" for size in sizes}
+
+    def infer(option: Option, size: int) -> None:
+        seconds, out, first = check.inference(option, size)
+        megapixels = (4 * size) ** 2 / 1e6
+        if option is PLAIN:
+            plain[size] = seconds, out, psnr(out, smooth_image(4 * size, check.device))
+        base, reference, base_psnr = plain[size]
+        row(case[size], option.name, seconds, base, first, f"{seconds / megapixels:.4f}",
+            f"{(out - reference).abs().max().item():.1e}",
+            f"{psnr(out, smooth_image(4 * size, check.device)) - base_psnr:+.4f}")
+
+    train_case = f"train b{args.batch} {args.train_lr}->{4 * args.train_lr}"
+    train_plain = []
+
+    def train(option: Option) -> None:
         seconds, first = check.training(option)
-        row(case, option, seconds, plain, first, "")
+        if option is PLAIN:
+            train_plain.append(seconds)
+        row(train_case, option.name, seconds, train_plain[0], first)
+
+    eager = [option for option in options if not option.compile_mode]
+    for size in sizes:
+        for option in (PLAIN, *eager):
+            infer(option, size)
+    if train_options:
+        for option in (PLAIN, *(option for option in train_options if not option.compile_mode)):
+            train(option)
+    compiled = [option for option in options if option.compile_mode]
+    for size in sizes:  # size by size, so that the compiled options are side by side at each
+        for option in compiled:
+            if check.over_budget():
+                skipped(case[size], option, args.budget)
+            else:
+                infer(option, size)
+    for option in (option for option in train_options if option.compile_mode):
+        if check.over_budget():
+            skipped(train_case, option, args.budget)
+        else:
+            train(option)
     print(f"total {time.perf_counter() - check.start:.0f} s", flush=True)
     return 0
 

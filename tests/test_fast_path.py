@@ -208,11 +208,34 @@ def test_blocks_in_row_bands_match_the_plain_path(variant, monkeypatch):
     with torch.no_grad():
         bands = list(dirformer_fast.row_bands(torch.zeros(1, 24 * 16, 4), 24, 16))
         assert [band_h for _, band_h, _, _ in bands] == [5, 6, 6, 6, 6, 5]  # 4 rows each, + halo rows
+        # off the CPU (here the meta device, which stands in for a GPU) bands are only more launches
+        assert len(list(dirformer_fast.row_bands(torch.zeros(1, 24 * 16, 4, device="meta"), 24, 16))) == 1
         net.impl = "plain"
         ref = net(x, ipr)
         net.impl = "fast"
         out = net(x, ipr)
     assert (out - ref).abs().max().item() <= 1e-5
+
+
+def test_auto_composes_the_x4_tail_under_compile_on_a_gpu(monkeypatch):
+    """On a GPU 'auto' runs the plain blocks; traced by torch.compile (simulated here) it also takes the
+    composite x4 tail, which gives the three convs' output to rounding."""
+    net, x, ipr = tiny_dirformer("sr_x4")
+    monkeypatch.setattr(net, "resolve_impl", lambda device: "plain")  # what 'auto' resolves to on a GPU
+    tails = []
+    sr_tail = dirformer_fast.sr_tail
+    monkeypatch.setattr(dirformer_fast, "sr_tail", lambda *args: tails.append(args) or sr_tail(*args))
+    with torch.no_grad():
+        eager = net(x, ipr)
+        assert not tails
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+        traced = net(x, ipr)
+    assert len(tails) == 1 and tails[0][0] is net.tail
+    assert (traced - eager).abs().max().item() <= 1e-5
+    net.impl = "plain"  # an explicit 'plain' stays the three convs
+    with torch.no_grad():
+        net(x, ipr)
+    assert len(tails) == 1
 
 
 def test_impl_shares_state_dict_and_defaults_to_auto():

@@ -1,5 +1,5 @@
 """benchmarks/speed.py end to end, on tiny networks: its cases, the PSNR check with trained weights
-and the machine-readable last line; benchmarks/gpu_check.py without a GPU."""
+and the machine-readable last line; benchmarks/gpu_check.py without a GPU and on the CPU."""
 import importlib.util
 import re
 import sys
@@ -79,10 +79,17 @@ def test_photo_is_read_as_rgb_centre_crop(speed, tmp_path):
         speed.load_photo(str(tmp_path / "bad.png"), 64)
 
 
-def test_gpu_check_skips_without_a_gpu(monkeypatch, capsys):
+@pytest.fixture()
+def gpu_check(monkeypatch):
     spec = importlib.util.spec_from_file_location("gpu_check", REPO / "benchmarks" / "gpu_check.py")
     module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)  # its dataclass looks itself up there
     spec.loader.exec_module(module)
+    return module
+
+
+def test_gpu_check_skips_without_a_gpu(gpu_check, monkeypatch, capsys):
+    module = gpu_check
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert module.main([]) == 0
     assert capsys.readouterr().out == "gpu_check: no CUDA device; skipped the GPU cases (nothing measured)\n"
@@ -91,3 +98,28 @@ def test_gpu_check_skips_without_a_gpu(monkeypatch, capsys):
     assert options["dim"] == 64 and options["num_blocks"] == [13, 1, 1, 1] and options["scale"] == 4
     net = module.load_archs().DIRformer(**{**options, "dim": 8, "num_blocks": [1, 1, 1, 1], "num_refinement_blocks": 1})
     assert net(torch.rand(1, 3, 8, 8), torch.randn(1, 256)).shape == (1, 3, 32, 32)
+
+
+def test_gpu_check_options(gpu_check):
+    option = gpu_check.Option.parse("compile reduce-overhead bf16w+tail")
+    assert (option.compile_mode, option.flags, option.autocast) == ("reduce-overhead", {"bf16w", "tail"}, True)
+    assert not gpu_check.Option.parse("cl+fast").autocast
+    with pytest.raises(ValueError, match=r"unknown flags \['x'\]"):
+        gpu_check.Option.parse("bf16+x")
+    with pytest.raises(ValueError, match="'compile' is followed by a mode"):
+        gpu_check.Option.parse("compile tail")
+
+
+def test_gpu_check_table_on_the_cpu(gpu_check, capsys):
+    """The whole table on the CPU (full-size network, 8x8 LR): the composite tail on the plain blocks
+    gives the plain output to rounding, bfloat16 weights do not, and the training rows are measured."""
+    assert gpu_check.main(["--device", "cpu", "--sizes", "8", "--repeats", "1", "--options", "tail,bf16w",
+                           "--train-options", "tail", "--batch", "1", "--train-lr", "8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = {(line[:20].strip(), line[21:53].strip()): line[53:].split() for line in lines[2:-1]}
+    assert list(rows) == [("infer LR 8x8", "plain fp32"), ("infer LR 8x8", "tail"), ("infer LR 8x8", "bf16w"),
+                          ("train b1 8->32", "plain fp32"), ("train b1 8->32", "tail")]
+    max_diff = {option: float(row[3]) for (case, option), row in rows.items() if case.startswith("infer")}
+    assert max_diff["plain fp32"] == 0 and max_diff["tail"] <= 1e-5 < 1e-3 <= max_diff["bf16w"]
+    assert all(float(row[0]) > 0 and row[1].endswith("x") for row in rows.values())
+    assert lines[-1].startswith("total ")

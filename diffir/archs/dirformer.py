@@ -28,8 +28,9 @@ Two implementations share every parameter (``impl``; the state dict is the same)
   (dirformer_fast.py).
 
 The default ``'auto'`` takes the fast path on the CPU and the plain path on GPUs, where the fast
-path measured slower (H100, full-size SR x4: 0.73x inference, 0.79x training in fp32; see
-docs/speed.md).
+path measured slower (H200, full-size SR x4 in fp32: 0.58x inference at 64x64 LR, 0.50x training;
+see docs/speed.md). Under ``torch.compile`` it also computes the x4 SR tail as the fast path does
+(one 5x5 conv at LR resolution) on GPUs.
 
 ``use_checkpoint=True`` recomputes each transformer block in the backward pass instead of storing
 its activations (training memory for compute), for either implementation.
@@ -320,8 +321,8 @@ class DIRformer(nn.Module):
         self._running = impl
 
     def resolve_impl(self, device: torch.device) -> str:
-        """'auto' is the fast path on the CPU and the plain path elsewhere: on an H100 the plain path
-        measured 1.3-1.4x faster (the fast path launches more, smaller kernels; docs/speed.md)."""
+        """'auto' is the fast path on the CPU and the plain path elsewhere: on GPUs the plain path
+        measured faster (the fast path launches more, smaller kernels; docs/speed.md)."""
         if self._impl != "auto":
             return self._impl
         return "fast" if device.type == "cpu" else "plain"
@@ -353,7 +354,10 @@ class DIRformer(nn.Module):
         if self.head == "sr":
             feat = self.refinement(dec1, ipr)
             upsampled = F.interpolate(inp_img, scale_factor=self.scale, mode="nearest")
-            out = dirformer_fast.sr_tail(self.tail, feat, upsampled) if fast else self.tail(feat) + upsampled
+            # compiled, 'auto' composes the x4 tail on any device: on an H200 that was 2-12% faster than the
+            # three convs (compiled, CUDA graphs), while eagerly the extra launches ate the saving there
+            composite = fast or (self._impl == "auto" and torch.compiler.is_compiling())
+            out = dirformer_fast.sr_tail(self.tail, feat, upsampled) if composite else self.tail(feat) + upsampled
         elif self.head == "restore":
             out = self.output(self.refinement(dec1, ipr)) + inp_img
         else:
