@@ -8,7 +8,8 @@ joined by ``+`` (``bf16+tail``), each measured against plain fp32 eager:
 * ``cl``: channels_last input and weights;
 * ``fast``: the fast implementation (``impl='fast'``), composite x4 tail included;
 * ``tail``: the plain blocks with the fast path's composite x4 tail (one 5x5 conv at LR resolution
-  instead of three convs at 1x, 2x and 4x: a third of the network's FLOPs less);
+  instead of three convs at 1x, 2x and 4x: a third of the network's FLOPs less); compiled, this is
+  what ``impl='auto'`` runs on a GPU;
 * ``graph`` (inference, CUDA only): the eager forward captured once in a CUDA graph and replayed
   (launch overhead gone without compiling; the input and output stay in the same memory);
 * ``compile MODE`` first (``compile reduce-overhead tail``): ``torch.compile`` in that mode
@@ -50,9 +51,9 @@ REPO = Path(__file__).resolve().parents[1]
 SIZES = (64, 128, 256)
 FLAGS = ("bf16", "bf16w", "cl", "fast", "tail", "graph")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
-DEFAULT_OPTIONS = ("bf16", "cl", "bf16+cl", "fast", "tail", "bf16+tail", "bf16w+tail", "graph", "tail+graph",
-                   "bf16+graph", "bf16+tail+graph", "compile reduce-overhead tail", "compile reduce-overhead")
-DEFAULT_TRAIN_OPTIONS = ("bf16", "bf16+cl", "fast", "tail", "bf16+tail", "compile default", "compile default tail")
+DEFAULT_OPTIONS = ("bf16", "cl", "fast", "tail", "graph", "bf16w+tail+graph", "compile reduce-overhead tail",
+                   "compile reduce-overhead cl+tail", "compile reduce-overhead")
+DEFAULT_TRAIN_OPTIONS = ("bf16", "tail", "compile default tail", "compile reduce-overhead tail", "compile default")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,7 +115,7 @@ class CompositeTail(nn.Module):
         self.convs = tail
 
     def forward(self, feat: torch.Tensor) -> torch.Tensor:
-        return sys.modules["gpu_check_archs.dirformer_fast"].x4_tail(self.convs, feat)
+        return load_archs().dirformer_fast.x4_tail(self.convs, feat)
 
 
 def smooth_image(size: int, device: torch.device) -> torch.Tensor:
