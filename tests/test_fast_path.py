@@ -217,6 +217,17 @@ def test_blocks_in_row_bands_match_the_plain_path(variant, monkeypatch):
     assert (out - ref).abs().max().item() <= 1e-5
 
 
+def test_resampling_convs_read_small_maps_as_nchw():
+    """The up/downsampling convs take a channels_last map as NCHW where their weight dwarfs it (oneDNN would
+    copy the weight to channels_last every call), and keep channels_last elsewhere; same values."""
+    conv = torch.nn.Conv2d(64, 128, 3, padding=1, bias=False)  # 73728 weights
+    small = torch.rand(2, 64, 8, 8).contiguous(memory_format=torch.channels_last)  # 4096 values a sample
+    large = torch.rand(2, 64, 64, 64).contiguous(memory_format=torch.channels_last)
+    dense = dirformer_fast.dense_if_weight_dwarfs(conv, small)
+    assert dense.is_contiguous() and torch.equal(dense, small)
+    assert dirformer_fast.dense_if_weight_dwarfs(conv, large) is large
+
+
 def test_auto_composes_the_x4_tail_under_compile_on_a_gpu(monkeypatch):
     """On a GPU 'auto' runs the plain blocks; traced by torch.compile (simulated here) it also takes the
     composite x4 tail, which gives the three convs' output to rounding."""

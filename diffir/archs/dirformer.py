@@ -192,7 +192,7 @@ class Downsample(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat // 2, 3, padding=1, bias=False), nn.PixelUnshuffle(2))
 
     def forward(self, x):
-        return self.body(x)
+        return self.body(dirformer_fast.dense_if_weight_dwarfs(self.body[0], x))
 
 
 class Upsample(nn.Module):
@@ -203,7 +203,7 @@ class Upsample(nn.Module):
         self.body = nn.Sequential(nn.Conv2d(n_feat, n_feat * 2, 3, padding=1, bias=False), nn.PixelShuffle(2))
 
     def forward(self, x):
-        return self.body(x)
+        return self.body(dirformer_fast.dense_if_weight_dwarfs(self.body[0], x))
 
 
 def x4_upsampler_tail(channels: int, out_channels: int) -> nn.Sequential:
