@@ -181,6 +181,27 @@ def test_composite_tail_is_one_conv_away_from_the_border():
     assert diff[..., :4, :].max().item() > 1e-3 and diff[..., :, -4:].max().item() > 1e-3
 
 
+def test_composite_tail_is_cached_for_inference_until_the_weights_change():
+    tail = random_tail(4, torch.float32)
+    feat = torch.rand(1, 4, 6, 6)
+
+    def three_convs_and_composite(grad: bool):
+        with torch.set_grad_enabled(grad):
+            return tail(feat), dirformer_fast.x4_tail(tail, feat), dirformer_fast.cached_composite_tail(tail)
+
+    _, _, first = three_convs_and_composite(grad=False)
+    assert three_convs_and_composite(grad=False)[2] is first  # composed once
+    _, _, with_grad = three_convs_and_composite(grad=True)
+    assert with_grad is not first and with_grad[0].requires_grad  # autograd composes afresh
+    with torch.no_grad():
+        tail[1].weight.mul_(-2)  # an in-place change (an optimizer step, a load)
+    ref, out, changed = three_convs_and_composite(grad=False)
+    assert changed is not first and (out - ref).abs().max().item() <= 1e-5
+    tail[0][0].bias = torch.nn.Parameter(torch.randn(16))  # a replaced parameter
+    ref, out, replaced = three_convs_and_composite(grad=False)
+    assert replaced is not changed and (out - ref).abs().max().item() <= 1e-5
+
+
 def test_composite_tail_is_composed_in_float32_under_autocast():
     """Under bfloat16 autocast the composite kernel is composed in float32 (then rounded once, by
     the conv that uses it), and the tail stays within bfloat16 rounding of the float32 one."""
@@ -247,6 +268,21 @@ def test_auto_composes_the_x4_tail_under_compile_on_a_gpu(monkeypatch):
     with torch.no_grad():
         net(x, ipr)
     assert len(tails) == 1
+
+
+def test_stage_two_inference_runs_cpen_channels_last_beside_the_fast_path():
+    torch.manual_seed(0)
+    net = DiffIRS2(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, n_encoder_res=1, scale=4).eval()
+    layouts = []
+    net.condition.register_forward_pre_hook(
+        lambda module, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    lq, noise = torch.rand(1, 3, 16, 16), torch.randn(1, 256)
+    with torch.no_grad():
+        fast = net(lq, noise=noise)
+        net.impl = "plain"
+        plain = net(lq, noise=noise)
+    assert layouts == [True, False]
+    assert (fast - plain).abs().max().item() <= 1e-5
 
 
 def test_impl_shares_state_dict_and_defaults_to_auto():

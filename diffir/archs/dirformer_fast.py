@@ -30,6 +30,8 @@ faster than the explicit products, and the explicit form is what lets the norms 
 """
 from __future__ import annotations
 
+import weakref
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -334,6 +336,26 @@ def composite_tail(tail: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return kernel[order], bias[order]
 
 
+# tail module -> (weak references to the six tensors composed, their versions, composite_tail's result)
+_COMPOSED_TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cached_composite_tail(tail: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`composite_tail`, composed once for eager inference while the tail's weights and biases are
+    the same tensors at the same versions (any in-place change, an optimizer step or a load, bumps a
+    tensor's version): composing took 11 ms of a 0.7 s x4 SR forward at 64x64."""
+    tensors = [t for conv in tail_convs(tail) for t in (conv.weight, conv.bias)]
+    if not eager_inference() or any(t.is_inference() for t in tensors):  # inference tensors have no version
+        return composite_tail(tail)
+    versions = [t._version for t in tensors]
+    cached = _COMPOSED_TAILS.get(tail)
+    if cached is not None and cached[1] == versions and all(ref() is t for ref, t in zip(cached[0], tensors)):
+        return cached[2]
+    composed = composite_tail(tail)
+    _COMPOSED_TAILS[tail] = ([weakref.ref(t) for t in tensors], versions, composed)
+    return composed
+
+
 def tail_at_edge(tail: nn.Module, feat: torch.Tensor, dim: int, first: bool) -> torch.Tensor:
     """The tail's output for the first (or last) LR row (dim=-2) or column (dim=-1) of ``feat``, exactly
     as the three convs give it, from the 3 rows it depends on. Across the strip, each conv is
@@ -359,7 +381,7 @@ def x4_tail(tail: nn.Module, feat: torch.Tensor) -> torch.Tensor:
     column are computed by the tail's own convs."""
     if min(feat.shape[-2:]) < 3:  # all edge
         return tail(feat)
-    kernel, bias = composite_tail(tail)
+    kernel, bias = cached_composite_tail(tail)
     out = F.pixel_shuffle(F.conv2d(feat, kernel.to(feat.dtype), bias.to(feat.dtype), padding=2), 4)
     for dim in (-2, -1):
         size = out.shape[dim]
