@@ -14,13 +14,14 @@ state dict; ``DIRformer(impl=...)`` picks the path.
   with the halo row each side that the 3x3 depthwise convs read): the feed-forward band by band,
   the attention's q.k^T and norms summed over bands (only v is kept whole). At 128x128 and larger
   this made inference 10-30% faster than streaming each wide activation through memory. The
-  feed-forward's GELU and gate work in place.
+  feed-forward's GELU and gate work in place, and its output GEMM adds into the attention's output.
 * The feed-forward's hidden width is zero-padded to a multiple of 16 (:data:`HIDDEN_MULTIPLE`):
   281 channels ran slower than 288.
 * The x4 SR tail (three convs and two pixel-shuffles, no nonlinearity) is one 5x5 conv at LR
-  resolution (:func:`composite_tail`), with the border row and column computed by the three convs:
-  5.7x (64x64 LR) to 12.9x (256x256) fewer FLOPs, and 2x / 4x resolution activations only for the
-  border strips.
+  resolution (:func:`composite_tail`; composed once for eager inference, :func:`cached_composite_tail`),
+  with the border row and column computed by the three convs: 5.7x (64x64 LR) to 12.9x (256x256)
+  fewer FLOPs, and 2x / 4x resolution activations only for the border strips.
+* The up/downsampling convs read small maps as NCHW (:func:`dense_if_weight_dwarfs`).
 
 It matches the plain path to float rounding (about 1e-6 in float32, 1e-13 in float64).
 ``scaled_dot_product_attention`` is not used: its "sequence" here would be the channels (<= 512)
@@ -50,9 +51,9 @@ def dense_if_weight_dwarfs(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
     Given a channels_last input, oneDNN copies the NCHW weight to channels_last on every call: at the
     coarsest level (8x8 for a 64x64 input, 512 -> 1024 channels) that copy took twice as long as the
-    conv (15.5 against 5.5 ms per call). A no-op for the plain path, whose maps are NCHW already.
+    conv (15.5 against 5.5 ms per call). A no-op for NCHW maps (the plain path's).
     """
-    return x.contiguous() if conv.weight.numel() > 4 * x[0].numel() else x
+    return x.contiguous() if conv.weight.numel() > 4 * x.shape[1:].numel() else x
 
 
 def tokens_of(image: torch.Tensor) -> torch.Tensor:
