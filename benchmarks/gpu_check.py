@@ -277,9 +277,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(error))
     if any("graph" in option.flags for option in train_options):
         parser.error("--train-options: 'graph' is for inference only")
-    if args.device != "cuda" and any("graph" in option.flags for option in options):
-        parser.error("--options: 'graph' needs --device cuda")
-    if args.device == "cuda" and not torch.cuda.is_available():
+    on_cuda = torch.device(args.device).type == "cuda"
+    if not on_cuda and any("graph" in option.flags for option in options):
+        parser.error("--options: 'graph' needs a CUDA --device")
+    if on_cuda and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; skipped the GPU cases (nothing measured)", flush=True)
         return 0
     torch.backends.cudnn.benchmark = True

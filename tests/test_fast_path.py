@@ -6,7 +6,8 @@ import torch
 
 from diffir import DiffIRS1, DiffIRS2
 from diffir.archs import dirformer_fast
-from diffir.archs.dirformer import ChannelLayerNorm, DIRformer, IPRSequential, plain_block, x4_upsampler_tail
+from diffir.archs.dirformer import (ChannelLayerNorm, DIRformer, Downsample, IPRSequential, Upsample, plain_block,
+                                    x4_upsampler_tail)
 from diffir.utils.compile import compile_arguments, compile_network, graph_cache_dir
 from official_fixture import load_fixture, materialize
 
@@ -186,8 +187,9 @@ def test_composite_tail_is_cached_for_inference_until_the_weights_change():
     feat = torch.rand(1, 4, 6, 6)
 
     def three_convs_and_composite(grad: bool):
+        x = feat.to(tail[1].weight.dtype)
         with torch.set_grad_enabled(grad):
-            return tail(feat), dirformer_fast.x4_tail(tail, feat), dirformer_fast.cached_composite_tail(tail)
+            return tail(x), dirformer_fast.x4_tail(tail, x), dirformer_fast.cached_composite_tail(tail)
 
     _, _, first = three_convs_and_composite(grad=False)
     assert three_convs_and_composite(grad=False)[2] is first  # composed once
@@ -200,6 +202,12 @@ def test_composite_tail_is_cached_for_inference_until_the_weights_change():
     tail[0][0].bias = torch.nn.Parameter(torch.randn(16))  # a replaced parameter
     ref, out, replaced = three_convs_and_composite(grad=False)
     assert replaced is not changed and (out - ref).abs().max().item() <= 1e-5
+    tail[0][2].weight.data.mul_(0.5)  # as basicsr's EMA updates its copy: no version bump
+    ref, out, _ = three_convs_and_composite(grad=False)
+    assert (out - ref).abs().max().item() <= 1e-5
+    tail.double()  # a cast (Module._apply assigns .data)
+    ref, out, _ = three_convs_and_composite(grad=False)
+    assert out.dtype == torch.float64 and (out - ref).abs().max().item() <= 1e-12
 
 
 def test_composite_tail_is_composed_in_float32_under_autocast():
@@ -247,6 +255,8 @@ def test_resampling_convs_read_small_maps_as_nchw():
     dense = dirformer_fast.dense_if_weight_dwarfs(conv, small)
     assert dense.is_contiguous() and torch.equal(dense, small)
     assert dirformer_fast.dense_if_weight_dwarfs(conv, large) is large
+    for resample in (Upsample(64), Downsample(64)):  # both use it: the small map's result comes out NCHW
+        assert resample(small).is_contiguous() and not resample(large).is_contiguous()
 
 
 def test_auto_composes_the_x4_tail_under_compile_on_a_gpu(monkeypatch):
