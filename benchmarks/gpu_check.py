@@ -298,12 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     def infer(option: Option, size: int) -> None:
         seconds, out, first = check.inference(option, size)
         megapixels = (4 * size) ** 2 / 1e6
+        out_psnr = psnr(out, smooth_image(4 * size, check.device))
         if option is PLAIN:
-            plain[size] = seconds, out, psnr(out, smooth_image(4 * size, check.device))
+            plain[size] = seconds, out, out_psnr
         base, reference, base_psnr = plain[size]
         row(case[size], option.name, seconds, base, first, f"{seconds / megapixels:.4f}",
-            f"{(out - reference).abs().max().item():.1e}",
-            f"{psnr(out, smooth_image(4 * size, check.device)) - base_psnr:+.4f}")
+            f"{(out - reference).abs().max().item():.1e}", f"{out_psnr - base_psnr:+.4f}")
 
     train_case = f"train b{args.batch} {args.train_lr}->{4 * args.train_lr}"
     train_plain = []
