@@ -146,11 +146,11 @@ def random_tail(channels: int, dtype=torch.float64) -> torch.nn.Module:
     return tail
 
 
-@pytest.mark.parametrize("size", [(8, 8), (8, 12), (16, 8), (3, 5), (2, 6)])
+@pytest.mark.parametrize("size", [(8, 8), (8, 12), (16, 8), (3, 5), (2, 6), (2, 2), (1, 5)])
 @pytest.mark.parametrize("grad", [False, True])
 def test_sr_tail_equals_the_three_convs(size, grad):
-    """The composite 5x5 conv plus the exactly computed border row and column give the three convs'
-    output to float64 rounding, and the same gradients (an image under 3 rows is all border)."""
+    """The composite 5x5 convs, inside and at the border, give the three convs' output to float64
+    rounding, and the same gradients (2 rows have no inner row; in 1 row, the first is also the last)."""
     tail = random_tail(6)
     feat = torch.randn(2, 6, *size, dtype=torch.float64, requires_grad=grad)
     upsampled = torch.randn(2, 3, 4 * size[0], 4 * size[1], dtype=torch.float64)
@@ -168,18 +168,26 @@ def test_sr_tail_equals_the_three_convs(size, grad):
             assert (a - b).abs().max().item() < 1e-10
 
 
-def test_composite_tail_is_one_conv_away_from_the_border():
-    """Inside the outermost LR row and column, the whole tail is the composite conv and a shuffle
-    (float64: equal to rounding); on that border the zero padding of the 2x and 4x convs differs."""
+def test_composite_tail_has_a_kernel_for_each_place_at_the_border():
+    """Each of the 9 composite kernels, run over the whole map, gives the three convs' output on its own
+    rows and columns (float64: equal to rounding); the inner kernel is wrong on the border, where the
+    zero padding of the 2x and 4x convs cuts taps, and the border kernels inside."""
     tail = random_tail(4)
     feat = torch.randn(1, 4, 10, 9, dtype=torch.float64)
     with torch.no_grad():
-        kernel, bias = dirformer_fast.composite_tail(tail)
-        assert kernel.shape == (48, 4, 5, 5) and bias.shape == (48,)
-        composite = torch.nn.functional.pixel_shuffle(torch.nn.functional.conv2d(feat, kernel, bias, padding=2), 4)
-        diff = (composite - tail(feat)).abs()
-    assert diff[..., 4:-4, 4:-4].max().item() < 1e-12
-    assert diff[..., :4, :].max().item() > 1e-3 and diff[..., :, -4:].max().item() > 1e-3
+        kernels, biases = dirformer_fast.composite_tail(tail)
+        ref = tail(feat)
+    assert kernels.shape == (3, 3, 48, 4, 5, 5) and biases.shape == (3, 3, 48)
+    spans = [slice(0, 4), slice(4, -4), slice(-4, None)]  # the output rows of the first, inner and last LR rows
+    for r, rows in enumerate(spans):
+        for c, cols in enumerate(spans):
+            out = torch.nn.functional.pixel_shuffle(
+                torch.nn.functional.conv2d(feat, kernels[r, c], biases[r, c], padding=2), 4)
+            diff = (out - ref).abs()
+            assert diff[..., rows, cols].max().item() < 1e-12, (r, c)
+            others = [diff[..., other_rows, other_cols].max().item() for i, other_rows in enumerate(spans)
+                      for j, other_cols in enumerate(spans) if (i, j) != (r, c) and (i == r or j == c)]
+            assert min(others) > 1e-3, (r, c)
 
 
 def test_composite_tail_is_cached_for_inference_until_the_weights_change():

@@ -17,10 +17,11 @@ state dict; ``DIRformer(impl=...)`` picks the path.
   feed-forward's GELU and gate work in place, and its output GEMM adds into the attention's output.
 * The feed-forward's hidden width is zero-padded to a multiple of 16 (:data:`HIDDEN_MULTIPLE`):
   281 channels ran slower than 288.
-* The x4 SR tail (three convs and two pixel-shuffles, no nonlinearity) is one 5x5 conv at LR
-  resolution (:func:`composite_tail`; composed once for eager inference, :func:`cached_composite_tail`),
-  with the border row and column computed by the three convs: 5.7x (64x64 LR) to 12.9x (256x256)
-  fewer FLOPs, and 2x / 4x resolution activations only for the border strips.
+* The x4 SR tail (three convs and two pixel-shuffles, no nonlinearity) is 5x5 convs at LR resolution
+  (:func:`composite_tail`): one over the whole map, and one for each place on the border row and
+  column, where the zero padding of the 2x and 4x convs cuts taps. About 1/18 of the three convs'
+  FLOPs and no 2x or 4x activations; the kernels are composed once for eager inference
+  (:func:`cached_composite_tail`).
 * The up/downsampling convs read small maps as NCHW (:func:`dense_if_weight_dwarfs`).
 
 It matches the plain path to float rounding (about 1e-6 in float32, 1e-13 in float64).
@@ -31,6 +32,7 @@ faster than the explicit products, and the explicit form is what lets the norms 
 """
 from __future__ import annotations
 
+import itertools
 import weakref
 
 import torch
@@ -284,12 +286,13 @@ def transformer_block(block: nn.Module, x: torch.Tensor, ipr: torch.Tensor) -> t
 
 # --------------------------------------------------------------------------- the x4 SR tail
 # The tail (conv3x3 C->4C, pixel-shuffle, conv3x3 C->4C, pixel-shuffle, conv3x3 C->out) has no
-# nonlinearity, so away from the image border it is one linear map: a 5x5 conv at LR resolution from
-# C channels to out*16 sub-pixels, then a pixel-shuffle by 4 (for the official C=128, 1/20 of the three
-# convs' FLOPs, which were a third of the network's). Only the outermost LR row and column differ (the
-# zero padding of the 2x and 4x convs); the three convs compute them from strips 3 LR rows wide. With
-# those strips and the composition, the tail costs 1/5.7 of the three convs' FLOPs at 64x64 LR, 1/9.3
-# at 128x128 and 1/12.9 at 256x256.
+# nonlinearity, so it is a linear map of the LR features: a 5x5 conv at LR resolution from C channels to
+# out*16 sub-pixels, then a pixel-shuffle by 4 (for the official C=128, 1/20 of the three convs' FLOPs,
+# which were a third of the network's). The zero padding of the 2x and 4x convs makes the outermost LR
+# row and column different maps, but each is again a 5x5 conv: one kernel for each of the 9 places of
+# an LR pixel (first row, inner rows or last row, times the same for columns), composed once.
+
+BORDERS = ("first", "inner", "last")  # where an LR row (or column) lies: at the first border, inside, at the last
 
 
 def tail_convs(tail: nn.Module) -> tuple[nn.Conv2d, nn.Conv2d, nn.Conv2d]:
@@ -305,37 +308,96 @@ def polyphase(weight: torch.Tensor) -> torch.Tensor:
     (c, i, j) is the fine tap ``(2*(ky-1) + i - a, 2*(kx-1) + j - b)``: (O, C, k, k) -> (4O, 4C, 3, 3).
     """
     out_ch, in_ch, size, _ = weight.shape
-    padded = F.pad(weight, [3 - size // 2] * 4)  # 7x7: every tap index below falls inside it
-    phase = torch.arange(2, device=weight.device)
-    coarse = torch.arange(3, device=weight.device)
-    tap = 2 * coarse + phase.view(2, 1) - phase.view(2, 1, 1) + 1  # (a, i, ky): index into the padded axis
-    taps = padded[:, :, tap.view(2, 1, 2, 1, 3, 1), tap.view(1, 2, 1, 2, 1, 3)]  # (O, C, a, b, i, j, ky, kx)
-    return taps.permute(0, 2, 3, 1, 4, 5, 6, 7).reshape(4 * out_ch, 4 * in_ch, 3, 3)
+    padded = F.pad(weight, [3 - size // 2] * 4)  # 7x7, centred: fine tap t is index t + 3
+    # strided[s][t] = padded[..., 2*ky + s, 2*kx + t] over (ky, kx): views (unbound, their gradient is one stack)
+    strided = [shifted.unbind(2) for shifted in padded.unfold(2, 5, 1)[..., ::2].unfold(3, 5, 1)[..., ::2].unbind(2)]
+    taps = torch.stack([strided[i - a + 1][j - b + 1] for a, b, i, j in itertools.product((0, 1), repeat=4)], 1)
+    taps = taps.view(out_ch, 2, 2, 2, 2, in_ch, 3, 3)  # (O, a, b, i, j, C, ky, kx)
+    return taps.permute(0, 1, 2, 5, 3, 4, 6, 7).reshape(4 * out_ch, 4 * in_ch, 3, 3)
 
 
-def composed_kernel(outer: torch.Tensor, inner: torch.Tensor) -> torch.Tensor:
-    """The kernel of ``conv(conv(x, inner), outer)``: (O, M, k) and (M, C, l) -> (O, C, k + l - 1)."""
-    return F.conv_transpose2d(inner.transpose(0, 1), outer.transpose(0, 1)).transpose(0, 1)
+def inside_taps(row_border: str, col_border: str, like: torch.Tensor) -> torch.Tensor:
+    """(9,), dtype and device of ``like``: 1 for the taps ``3*ky + kx`` of a 3x3 conv that read inside the
+    image from a pixel at ``row_border`` and ``col_border`` (:data:`BORDERS`), 0 for those that read the
+    zero padding."""
+    taps = like.new_ones(3, 3)
+    if row_border != "inner":
+        taps[0 if row_border == "first" else 2] = 0
+    if col_border != "inner":
+        taps[:, 0 if col_border == "first" else 2] = 0
+    return taps.flatten()
+
+
+def tap_products(outer: torch.Tensor, inner: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Each of the 9 taps of ``outer`` (O, M, 3, 3) applied to the kernel ``inner`` (M, C, 3, 3), channels
+    last: 9 (O, 3, 3, C). ``inner`` in channels_last memory format is read without a copy."""
+    out_ch, mid = outer.shape[:2]
+    products = outer.permute(0, 2, 3, 1).reshape(-1, mid) @ inner.permute(0, 2, 3, 1).reshape(mid, -1)
+    return products.view(out_ch, 9, 3, 3, -1).unbind(1)  # unbound: their gradient is one stack
+
+
+def composed_kernels(products: tuple[torch.Tensor, ...], index: torch.Tensor, taps: torch.Tensor) -> torch.Tensor:
+    """5x5 kernels of ``conv(conv(x, inner), outer)``, channels last, from the :func:`tap_products` of
+    ``outer``'s channels ``index`` (any shape) and with only the taps of ``outer`` that ``taps`` (..., 9)
+    marks: (*broadcast shape, 5, 5, C). Each tap's product is added at its offset."""
+    shape = torch.broadcast_shapes(index.shape, taps.shape[:-1])
+    composed = products[0].new_zeros(*shape, 5, 5, products[0].shape[-1])
+    for tap, product in enumerate(products):
+        ky, kx = divmod(tap, 3)
+        composed[..., ky:ky + 3, kx:kx + 3, :].addcmul_(product[index], taps[..., tap, None, None, None])
+    return composed
+
+
+def border_of_half(border: str, half: int) -> str:
+    """Where the upper (0) or lower (1) 2x row of an LR row at ``border`` lies (columns alike)."""
+    return border if (border, half) in (("first", 0), ("last", 1)) else "inner"
 
 
 def composite_tail(tail: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """The x4 tail, away from the border, as one 5x5 conv: (kernel (16*out, C, 5, 5), bias), its output
-    channels ordered for ``pixel_shuffle(., 4)``. Composed in at least float32 (autocast off), so
-    that bfloat16 autocast rounds the composite kernel once, not three kernels and two activations."""
+    """The x4 tail as 5x5 convs at LR resolution, output channels ordered for ``pixel_shuffle(., 4)``:
+    kernels (3, 3, 16*out, C, 5, 5) and biases (3, 3, 16*out), indexed by the :data:`BORDERS` of the
+    LR row and column they compute ([1, 1]: away from the border).
+
+    At a border each conv drops its taps that would read the zero padding of its input: the 4x conv,
+    as a conv on the 2x grid, those of a 2x pixel at the border; the 2x conv, as a conv on the LR grid,
+    those of an LR pixel at the border. Composed in at least float32 (autocast off), so that bfloat16
+    autocast rounds the composite kernels once, not three kernels and two activations."""
     up1, up2, last = tail_convs(tail)
-    with torch.autocast(up1.weight.device.type, enabled=False):
+    device = up1.weight.device
+    places = list(itertools.product(BORDERS, BORDERS))  # the (row, col) borders of a pixel, 9 places
+    # sub-pixel (a, b) of an LR pixel at (row, col) is a 2x pixel at (border_of_half(row, a),
+    # border_of_half(col, b)): for each place, the index of its 4 sub-pixels' kernels among the 36
+    # (2x place, sub-pixel) phases below; 16 of them occur, and up1 is composed into each once
+    phase_of = [[4 * places.index((border_of_half(row, a), border_of_half(col, b))) + 2 * a + b
+                 for a, b in itertools.product((0, 1), repeat=2)] for row, col in places]
+    used = sorted(set(itertools.chain(*phase_of)))
+    used_phases = torch.tensor(used, device=device)
+    used_of_place = torch.tensor([[used.index(phase) for phase in phases] for phases in phase_of], device=device)
+    with torch.autocast(device.type, enabled=False):
         w1, w2, w3 = (at_least_float32(conv.weight) for conv in (up1, up2, last))
         b1, b2, b3 = (at_least_float32(conv.bias) for conv in (up1, up2, last))
+        w1, w2 = (w.contiguous(memory_format=torch.channels_last) for w in (w1, w2))  # for tap_products
+        out_ch = w3.shape[0]
+        taps = torch.stack([inside_taps(*place, w1) for place in places])  # (9 places, 9 taps)
+        # up2, shuffle and the 4x conv: a 5x5 conv at 2x for each place of a 2x pixel, (9, 4*out, C, 5, 5)
         last_at_2x = polyphase(w3)  # the 4x conv as a conv on the 2x grid: (4*out, 4C, 3, 3)
-        at_2x = composed_kernel(last_at_2x, w2)  # up2, shuffle, last: a 5x5 conv at 2x, (4*out, C, 5, 5)
-        bias_2x = b3.repeat_interleave(4) + last_at_2x.sum((2, 3)) @ b2
-        at_1x = polyphase(at_2x)  # (16*out, 4C, 3, 3)
-        kernel = composed_kernel(at_1x, w1)  # (16*out, C, 5, 5)
-        bias = bias_2x.repeat_interleave(4) + at_1x.sum((2, 3)) @ b1
+        channels_2x = torch.arange(4 * out_ch, device=device)
+        at_2x = composed_kernels(tap_products(last_at_2x, w2), channels_2x, taps.unsqueeze(1)).movedim(-1, 2)
+        biases_2x = b3.repeat_interleave(4) + taps @ (last_at_2x.flatten(2).transpose(1, 2) @ b2).t()
+        # as convs on the LR grid, one for each (2x place, sub-pixel (a, b)): (36, 4*out, 4C, 3, 3)
+        phases = polyphase(at_2x.flatten(0, 1)).unflatten(0, (9, 4 * out_ch, 4)).transpose(1, 2).flatten(0, 1)
+        at_1x = phases[used_phases].flatten(0, 1)  # the used ones' channels, (16 * 4*out, 4C, 3, 3)
+        # and up1: for each place of an LR pixel, its 4 sub-pixels' kernels with its taps, (9, 4, 4*out, 5, 5, C)
+        channels_1x = used_of_place.unsqueeze(-1) * 4 * out_ch + channels_2x  # (9, 4, 4*out)
+        kernels = composed_kernels(tap_products(at_1x, w1), channels_1x, taps.view(9, 1, 1, 9))
+        tap_biases = at_1x.flatten(2).transpose(1, 2) @ b1  # (16 * 4*out, 9 taps): each tap's share of up1's bias
+        biases = biases_2x[used_phases // 4][used_of_place] + (tap_biases[channels_1x] * taps.view(9, 1, 1, 9)).sum(-1)
     # channels (o, 4x sub-pixel i', j', 2x sub-pixel i, j) -> (o, 2i + i', 2j + j') of one shuffle by 4
-    out_ch = w3.shape[0]
-    order = torch.arange(16 * out_ch, device=kernel.device).view(out_ch, 2, 2, 2, 2).permute(0, 3, 1, 4, 2).flatten()
-    return kernel[order], bias[order]
+    order = torch.arange(16 * out_ch, device=device).view(out_ch, 2, 2, 2, 2).permute(0, 3, 1, 4, 2).flatten()
+    # kept channels_last: a conv of a channels_last map would copy an NCHW weight to that layout each call
+    kernels = kernels.transpose(1, 2).flatten(1, 2)[:, order].movedim(-1, 2)
+    biases = biases.transpose(1, 2).flatten(1)[:, order]
+    return kernels.unflatten(0, (3, 3)), biases.unflatten(0, (3, 3))
 
 
 # tail module -> (copies of the six tensors composed, composite_tail's result)
@@ -345,8 +407,8 @@ _COMPOSED_TAILS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 def cached_composite_tail(tail: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`composite_tail`, composed once for eager inference and reused while the tail's weights and
     biases equal the copies kept of them (compared by value: an EMA update through ``.data``, a fused
-    optimizer step or a cast changes them without bumping a tensor's version). Composing took 11 ms of
-    a 0.7 s x4 SR forward at 64x64, comparing about 1 ms."""
+    optimizer step or a cast changes them without bumping a tensor's version). Composing the official
+    tail's kernels took 32 ms (a x4 SR forward at 64x64 takes 0.6 s), comparing them about 1 ms."""
     if not eager_inference():
         return composite_tail(tail)
     tensors = [t for conv in tail_convs(tail) for t in (conv.weight, conv.bias)]
@@ -359,37 +421,35 @@ def cached_composite_tail(tail: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     return composed
 
 
-def tail_at_edge(tail: nn.Module, feat: torch.Tensor, dim: int, first: bool) -> torch.Tensor:
-    """The tail's output for the first (or last) LR row (dim=-2) or column (dim=-1) of ``feat``, exactly
-    as the three convs give it, from the 3 rows it depends on. Across the strip, each conv is
-    zero-padded on the border side only (the inner side has real rows), so that it computes just the
-    rows that the next one reads."""
-    def keep(x: torch.Tensor, n: int) -> torch.Tensor:
-        return x.narrow(dim, 0 if first else x.shape[dim] - n, n)
+def border_spans(size: int) -> list[slice]:
+    """The LR rows (or columns) of each of the :data:`BORDERS`; the inner span is empty for 2 rows."""
+    return [slice(0, 1), slice(1, size - 1), slice(size - 1, size)]
 
-    padding = [1, 1, 1, 1]  # left, right, top, bottom
-    padding[(2 if dim == -2 else 0) + (1 if first else 0)] = 0  # none on the inner side
 
-    def conv(module: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, padding), module.weight, module.bias)
-
-    up1, up2, last = tail_convs(tail)
-    x = F.pixel_shuffle(conv(up1, keep(feat, 3)), 2)  # the 2 edge LR rows: 4 rows at 2x
-    x = F.pixel_shuffle(conv(up2, x), 2)  # the 3 edge rows at 2x: 6 at 4x
-    return conv(last, keep(x, 5))  # the 4 edge rows at 4x: the edge LR row's output
+def with_zeros_around(feat: torch.Tensor, rows: slice, cols: slice, margin: int) -> torch.Tensor:
+    """``feat[..., rows, cols]`` widened by ``margin`` rows and columns each side, zeros outside ``feat``."""
+    h, w = feat.shape[-2:]
+    top, bottom = rows.start - margin, rows.stop + margin
+    left, right = cols.start - margin, cols.stop + margin
+    window = feat[..., max(top, 0):min(bottom, h), max(left, 0):min(right, w)]
+    return F.pad(window, [max(-left, 0), max(right - w, 0), max(-top, 0), max(bottom - h, 0)])
 
 
 def x4_tail(tail: nn.Module, feat: torch.Tensor) -> torch.Tensor:
-    """``tail(feat)`` for the x4 SR tail, through :func:`composite_tail`; the outermost LR row and
-    column are computed by the tail's own convs."""
-    if min(feat.shape[-2:]) < 3:  # all edge
+    """``tail(feat)`` for the x4 SR tail, through the 5x5 convs of :func:`composite_tail`: one over the whole
+    map, then for each place on the border row and column its own, over the strip of 5 LR rows it reads."""
+    h, w = feat.shape[-2:]
+    if min(h, w) < 2:  # a row at both borders: no kernel for it
         return tail(feat)
-    kernel, bias = cached_composite_tail(tail)
-    out = F.pixel_shuffle(F.conv2d(feat, kernel.to(feat.dtype), bias.to(feat.dtype), padding=2), 4)
-    for dim in (-2, -1):
-        size = out.shape[dim]
-        out.narrow(dim, 0, 4).copy_(tail_at_edge(tail, feat, dim, first=True))
-        out.narrow(dim, size - 4, 4).copy_(tail_at_edge(tail, feat, dim, first=False))
+    kernels, biases = cached_composite_tail(tail)
+    kernels, biases = kernels.to(feat.dtype), biases.to(feat.dtype)
+    out = F.pixel_shuffle(F.conv2d(feat, kernels[1, 1], biases[1, 1], padding=2), 4)
+    for r, rows in enumerate(border_spans(h)):
+        for c, cols in enumerate(border_spans(w)):
+            if (r, c) == (1, 1) or rows.start == rows.stop or cols.start == cols.stop:
+                continue
+            part = F.conv2d(with_zeros_around(feat, rows, cols, 2), kernels[r, c], biases[r, c])
+            out[..., 4 * rows.start:4 * rows.stop, 4 * cols.start:4 * cols.stop] = F.pixel_shuffle(part, 4)
     return out
 
 
