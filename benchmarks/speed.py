@@ -249,12 +249,16 @@ class Worker:
 def measure(case: Case, workers: dict, setup: Setup, thread_counts: list[int], repeats: int) -> list[dict]:
     """Rows of one case: per thread count, median CPU seconds of each side over interleaved runs."""
     sides = {"plain": PLAIN, "fast": setup}
+    for name in sides:  # the first call (with compilation) at the first thread count measured
+        workers[name].ask("threads", thread_counts[0])
     first = {name: workers[name].ask("case", (asdict(case), asdict(side))) for name, side in sides.items()}
     maxdiff = (first["plain"][0] - first["fast"][0]).abs().max().item()
     rows = []
     for threads in thread_counts:
         for name in sides:
             workers[name].ask("threads", threads)
+        if setup.compile_mode and threads != thread_counts[0]:
+            workers["fast"].ask("run")  # untimed: dynamo guards the thread count, so a new one recompiles
         times = {name: [] for name in sides}
         for r in range(repeats):
             for name in (list(sides) if r % 2 == 0 else list(reversed(sides))):

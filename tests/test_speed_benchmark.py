@@ -67,6 +67,31 @@ def test_cases_option_runs_only_the_chosen_cases(speed, capsys):
         run(speed, capsys, "--cases", "128x256")
 
 
+@pytest.mark.parametrize("compile_mode", [None, "default"])
+def test_no_timed_call_compiles(speed, capsys, compile_mode):
+    """Dynamo guards the thread count, so a compiled network recompiles when it changes: the first call
+    is made at the first thread count measured, and a compiled side gets an untimed call at each new one."""
+    commands = []
+
+    class Recorder:
+        def __init__(self, name):
+            self.name = name
+
+        def ask(self, command, argument=None):
+            commands.append((self.name, command, argument))
+            return (torch.zeros(1), 1.0, 1.0) if command == "case" else 1.0
+
+    case = speed.Case("infer sr-x4 8x8", {}, 2, False, 8)
+    workers = {name: Recorder(name) for name in ("plain", "fast")}
+    speed.measure(case, workers, speed.Setup(compile_mode=compile_mode), [1, 2], repeats=2)
+    fast = [(command, argument) for name, command, argument in commands if name == "fast"]
+    warm_up = [("run", None)] if compile_mode else []
+    assert fast == [("threads", 1), ("case", fast[1][1]), ("threads", 1), ("run", None), ("run", None),
+                    ("threads", 2), *warm_up, ("run", None), ("run", None)]
+    assert [c for c in commands if c[0] == "plain" and c[1] == "run"] == [("plain", "run", None)] * 4
+    capsys.readouterr()
+
+
 def test_photo_is_read_as_rgb_centre_crop(speed, tmp_path):
     path = REPO / "demo_data" / "val" / "dandelion_field.png"
     bgr = cv2.imread(str(path))
