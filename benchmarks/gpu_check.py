@@ -7,7 +7,7 @@ joined by ``+`` (``bf16+tail``), each measured against plain fp32 eager:
 * ``bf16``: autocast to bfloat16; ``bf16w``: bfloat16 weights and input (no autocast);
 * ``cl``: channels_last input and weights;
 * ``fast``: the fast implementation (``impl='fast'``), composite x4 tail included;
-* ``tail``: the plain blocks with the fast path's composite x4 tail (one 5x5 conv at LR resolution
+* ``tail``: the plain blocks with the fast path's composite x4 tail (5x5 convs at LR resolution
   instead of three convs at 1x, 2x and 4x: a third of the network's FLOPs less); compiled, this is
   what ``impl='auto'`` runs on a GPU;
 * ``graph`` (inference, CUDA only): the eager forward captured once in a CUDA graph and replayed

@@ -30,7 +30,7 @@ Two implementations share every parameter (``impl``; the state dict is the same)
 The default ``'auto'`` takes the fast path on the CPU and the plain path on GPUs, where the fast
 path measured slower (H200, full-size SR x4 in fp32: 0.58x inference at 64x64 LR, 0.50x training;
 see docs/speed.md). Under ``torch.compile`` it also computes the x4 SR tail as the fast path does
-(one 5x5 conv at LR resolution) on GPUs.
+(5x5 convs at LR resolution) on GPUs.
 
 ``use_checkpoint=True`` recomputes each transformer block in the backward pass instead of storing
 its activations (training memory for compute), for either implementation.
