@@ -380,8 +380,13 @@ def test_checkpointing_recomputes_blocks_with_same_outputs_and_gradients(impl):
     assert len(calls) == 2  # no recomputation without grad or outside training
 
 
-def test_autocast_bfloat16_runs_on_cpu_close_to_float32():
-    net, x, ipr = tiny_dirformer("sr_x4")
+@pytest.mark.parametrize("variant", ["sr_x4", "deblur"])  # deblur: with biases, which are float32
+@pytest.mark.parametrize("band_pixels", [dirformer_fast.BAND_PIXELS, 8])
+def test_autocast_bfloat16_runs_on_cpu_close_to_float32(variant, band_pixels, monkeypatch):
+    """Also on row bands (8 pixels: bands of 4 rows), where in-place and out= ops, which autocast does
+    not cast, write each band's rows."""
+    monkeypatch.setattr(dirformer_fast, "BAND_PIXELS", band_pixels)
+    net, x, ipr = tiny_dirformer(variant)  # batch 2: a band's rows are strided across the samples
     net.eval()
     with torch.no_grad():
         ref = net(x, ipr)

@@ -217,26 +217,35 @@ def attention_residual(attn: nn.Module, norm: nn.Module, tokens: torch.Tensor, i
         q, k, v = project(tokens, norm, parts, h, w)
         q_heads, k_heads = (t.view(b, n, heads, head_channels).permute(0, 2, 3, 1) for t in (q, k))
         logits = F.normalize(q_heads, dim=-1) @ F.normalize(k_heads, dim=-1).transpose(-2, -1) * attn.temperature
+        values = [(v, slice(None))]
     else:  # normalising the C x C product instead of q and k saves two passes over them
         products, squares, values = 0, 0, []
-        for band, band_h, kept, _ in row_bands(tokens, h, w):
+        for band, band_h, kept, placed in row_bands(tokens, h, w):
             q, k, v = (t[:, kept] for t in project(band, norm, parts, band_h, w))
             # (B, heads, head_channels, pixels) views that matmul reads as transposed matrices
             q_heads, k_heads = (t.view(b, -1, heads, head_channels).permute(0, 2, 3, 1) for t in (q, k))
             # summed in at least float32: under bf16 autocast, one rounding per band would add up
             products = products + at_least_float32(q_heads @ k_heads.transpose(-2, -1))
             squares = squares + at_least_float32(torch.stack([q.square().sum(dim=1), k.square().sum(dim=1)]))
-            values.append(v)
-        v = values[0] if len(values) == 1 else torch.cat(values, dim=1)
+            values.append((v, placed))
         products, squares = products.to(q.dtype), squares.to(q.dtype)  # rounded once, back to the compute dtype
         q_norm, k_norm = squares.sqrt().clamp_min(F_NORMALIZE_EPS).view(2, b, heads, head_channels, 1)
         logits = products * (attn.temperature / q_norm) / k_norm.transpose(-2, -1)
     attention = logits.softmax(dim=-1)
     # project_out(attn @ v) = v @ (W_out . blockdiag(attn))^T: one GEMM over the pixels, plus the residual
     w_out = attn.project_out.weight.view(c, heads, head_channels).transpose(0, 1)  # (heads, C, head_channels)
-    mix = (w_out @ attention).transpose(1, 2).reshape(b, c, c)
+    mix_t = (w_out @ attention).transpose(1, 2).reshape(b, c, c).transpose(1, 2)
     residual = tokens if attn.project_out.bias is None else tokens + attn.project_out.bias
-    return torch.baddbmm(residual, v, mix.transpose(1, 2))
+    if len(values) == 1:
+        return torch.baddbmm(residual, values[0][0], mix_t)
+    # row bands: each band's product goes straight into its rows of the output, with no concatenation
+    # of the bands' v. out= is not autocast: under autocast v and mix_t have the autocast dtype, the
+    # residual can be float32 (a float32 bias added)
+    out = tokens.new_empty(tokens.shape, dtype=values[0][0].dtype)
+    residual = residual.to(out.dtype)
+    for v, placed in values:
+        torch.baddbmm(residual[:, placed], v, mix_t, out=out[:, placed])
+    return out
 
 
 # The feed-forward's hidden width is zero-padded to a multiple of this. The official width is
@@ -248,34 +257,40 @@ HIDDEN_MULTIPLE = 16
 
 def feed_forward_residual(ffn: nn.Module, norm: nn.Module, tokens: torch.Tensor, ipr: torch.Tensor, h: int,
                           w: int) -> torch.Tensor:
-    """``tokens + DGFN(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch, band by band
-    (:func:`row_bands`): the wide hidden activations of a band stay in the cache. In eager inference
-    on the whole image it adds into ``tokens`` in place (the blocks pass the attention's output)."""
+    """``tokens + DGFN(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch. In eager
+    inference it adds into ``tokens`` in place (the blocks pass the attention's output), band by band
+    (:func:`row_bands`): the wide hidden activations of a band stay in the cache."""
     b, _, c = tokens.shape
     parts = folded_projections(norm, ffn.kernel, ipr, ffn.project_in, ffn.dwconv, 2, HIDDEN_MULTIPLE)
     out_weight = ffn.project_out.weight.flatten(1)  # (C, hidden), zero columns added for the padded channels
     out_weight = F.pad(out_weight, [0, parts[0][2].shape[0] - out_weight.shape[1]]).t()
-    eager = eager_inference()
-    out = None
+    if not eager_inference():
+        x1, x2 = project(tokens, norm, parts, h, w)
+        gated = (F.gelu(x1) * x2).view(-1, out_weight.shape[0])
+        residual = tokens if ffn.project_out.bias is None else tokens + ffn.project_out.bias
+        # one GEMM over all pixels of the batch, the residual added by it
+        return torch.addmm(residual.reshape(-1, c), gated, out_weight).view(b, -1, c)
+
+    def add_to_rows(gated: torch.Tensor, placed: slice) -> None:
+        rows = tokens[:, placed]
+        if ffn.project_out.bias is not None:
+            rows.add_(ffn.project_out.bias)
+        # a GEMM accumulating into each sample's rows, no copy of them (in-place ops are not autocast:
+        # the attention's output, and so the rows, already have the autocast dtype)
+        for sample_rows, sample_gated in zip(rows, gated):
+            sample_rows.addmm_(sample_gated, out_weight.to(gated.dtype))
+
+    # a band's rows are overwritten only once the next band has read its halo row among them
+    pending = None
     for band, band_h, kept, placed in row_bands(tokens, h, w):
         x1, x2 = project(band, norm, parts, band_h, w)
-        # in eager inference in place: GELU into a fresh tensor measured twice as slow
-        gated = (torch.ops.aten.gelu_(x1).mul_(x2) if eager else F.gelu(x1) * x2)[:, kept]
-        gated = gated.reshape(-1, gated.shape[-1])
-        # one GEMM accumulating into the residual, no copy of it (in-place ops skip autocast: same dtypes only)
-        if placed == slice(None) and eager and tokens.dtype == gated.dtype:
-            if ffn.project_out.bias is not None:
-                tokens.add_(ffn.project_out.bias)
-            return tokens.view(-1, c).addmm_(gated, out_weight.to(gated.dtype)).view(b, -1, c)
-        residual = band[:, kept] if ffn.project_out.bias is None else band[:, kept] + ffn.project_out.bias
-        # one GEMM over all pixels of the batch
-        result = torch.addmm(residual.reshape(-1, c), gated, out_weight).view(b, -1, c)
-        if placed == slice(None):  # the whole image, with autograd (no in-place writes)
-            return result
-        if out is None:
-            out = torch.empty_like(tokens)
-        out[:, placed] = result
-    return out
+        # in place: GELU into a fresh tensor measured twice as slow
+        gated = torch.ops.aten.gelu_(x1).mul_(x2)[:, kept]
+        if pending is not None:
+            add_to_rows(*pending)
+        pending = gated, placed
+    add_to_rows(*pending)
+    return tokens
 
 
 def transformer_block(block: nn.Module, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
