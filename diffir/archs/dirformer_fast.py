@@ -10,11 +10,12 @@ state dict; ``DIRformer(impl=...)`` picks the path.
   Without autograd the GEMM's bias is a row of its weight, read through a column of ones.
 * Attention: the C x C logits are normalised instead of q and k, and ``project_out`` folds into the
   attention map, so "attn @ v, project, add the residual" is one GEMM.
-* Without autograd on the CPU, the blocks run on bands of rows that fit in its cache (:func:`row_bands`,
-  with the halo row each side that the 3x3 depthwise convs read): the feed-forward band by band,
-  the attention's q.k^T and norms summed over bands (only v is kept whole). At 128x128 and larger
-  this made inference 10-30% faster than streaming each wide activation through memory. The
-  feed-forward's GELU and gate work in place, and its output GEMM adds into the attention's output.
+* Without autograd on the CPU, the blocks run on bands of rows that fit in its cache
+  (:func:`projected_bands`; each row is projected once, the rows around a band that the 3x3
+  depthwise convs read kept from the band before): the feed-forward band by band, the attention's
+  q.k^T and norms summed over bands (only v is kept for every band). At 128x128 and larger this made
+  inference 10-30% faster than streaming each wide activation through memory. The feed-forward's
+  GELU and gate work in place, and its output GEMM adds into the attention's output.
 * The feed-forward's hidden width is zero-padded to a multiple of 16 (:data:`HIDDEN_MULTIPLE`):
   281 channels ran slower than 288.
 * The x4 SR tail (three convs and two pixel-shuffles, no nonlinearity) is 5x5 convs at LR resolution
@@ -171,25 +172,63 @@ def project(tokens: torch.Tensor, norm: nn.Module, parts: list[tuple], h: int, w
 BAND_PIXELS = 4096  # pixels per band of rows without autograd: a band's activations stay in the CPU's cache
 
 
-def row_bands(tokens: torch.Tensor, h: int, w: int):
-    """Yield ``(band tokens with halo, its height, kept, placed)`` over bands of rows of (B, H*W, C) tokens.
-
-    Each band comes with the row above and below it that a 3x3 depthwise conv reads; ``kept`` slices
-    the band's own rows out of a result for the band with its halo, ``placed`` says where they are in
-    the whole image. With autograd, under torch.compile (which fuses the passes itself), off the CPU
-    or when the image is small: one band, the whole image. On a GPU, bands only multiply the kernel
-    launches: on an H200 the fast path ran at 0.58x plain at 64x64 LR (one band) but 0.12x and 0.11x
-    at 128x128 and 256x256, where its level-1 blocks ran 4 and 16 bands.
+def band_rows(tokens: torch.Tensor, h: int, w: int) -> int:
+    """Rows per band of (B, H*W, C) tokens, ``h`` for the whole image in one band: with autograd, under
+    torch.compile (which fuses the passes itself), off the CPU or when the image is small. On a GPU,
+    bands only multiply the kernel launches: on an H200 the fast path ran at 0.58x plain at 64x64 LR
+    (one band) but 0.12x and 0.11x at 128x128 and 256x256, where its level-1 blocks ran 4 and 16 bands.
     """
     rows = max(4, BAND_PIXELS // w)
-    if not eager_inference() or rows >= h or tokens.device.type != "cpu":
-        yield tokens, h, slice(None), slice(None)
+    return h if not eager_inference() or rows >= h or tokens.device.type != "cpu" else rows
+
+
+def gemm_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
+    """The dtype of ``a @ b``: the autocast dtype under autocast (which out= ops skip), else the promotion."""
+    device = a.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return torch.promote_types(a.dtype, b.dtype)
+
+
+def projected_bands(tokens: torch.Tensor, norm: nn.Module, parts: list[tuple], h: int, w: int):
+    """Yield ``(chunks, placed)``: what :func:`project` gives for the rows ``placed`` of (B, H*W, C)
+    tokens, band by band (:func:`band_rows`), so that a band's activations stay in the cache.
+
+    A band's depthwise convs read one row above and below it. Each chunk's GEMM output goes to a buffer
+    of the band's rows plus those two: the GEMMs of a band compute the rows from its second (the first
+    band: its first) to the one below it; the two above are the previous band's last two, moved to
+    the buffer's top. So every row is projected once (recomputing the two rows measured 4-10% slower
+    at 128x128 and 256x256), and no later band reads the token rows of a band yielded: the caller may
+    overwrite them (the feed-forward adds into them in place).
+    """
+    rows = band_rows(tokens, h, w)
+    if rows == h:
+        yield project(tokens, norm, parts, h, w), slice(None)
         return
+    b = tokens.shape[0]
+    buffers = None  # per chunk, (B, rows + 2, W, out): row j holds the projection of image row top - 1 + j
     for top in range(0, h, rows):
         bottom = min(top + rows, h)
-        first, last = max(top - 1, 0), min(bottom + 1, h)
-        yield (tokens[:, first * w:last * w], last - first, slice((top - first) * w, (bottom - first) * w),
-               slice(top * w, bottom * w))
+        first, last = (top + 1 if top else 0), min(bottom + 1, h)  # the image rows this band projects
+        augmented = normalize_tokens(norm, tokens[:, first * w:last * w], ones_column=True)
+        if buffers is None:
+            dtype = gemm_dtype(augmented, parts[0][0])
+            buffers = [augmented.new_empty(b, rows + 2, w, weight.shape[-1], dtype=dtype) for weight, *_ in parts]
+            for buffer in buffers:
+                buffer[:, 0] = 0  # the zero padding above the image
+        chunks = []
+        for buffer, (weight, _, dw_weight, dw_bias) in zip(buffers, parts):
+            if top:
+                buffer[:, :2] = buffer[:, rows:rows + 2]
+            start = first - top + 1
+            stop = start + last - first
+            rows_out = buffer[:, start:stop].view(b, -1, buffer.shape[-1])
+            torch.bmm(augmented.to(dtype), weight.to(dtype), out=rows_out)
+            if bottom == h:  # the zero padding below the image
+                buffer[:, stop] = 0
+            image = buffer[:, :bottom - top + 2].permute(0, 3, 1, 2)
+            chunks.append(tokens_of(F.conv2d(image, dw_weight, dw_bias, padding=(0, 1), groups=image.shape[1])))
+        yield chunks, slice(top * w, bottom * w)
 
 
 def at_least_float32(t: torch.Tensor) -> torch.Tensor:
@@ -208,7 +247,7 @@ def attention_residual(attn: nn.Module, norm: nn.Module, tokens: torch.Tensor, i
     """``tokens + DMTA(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch.
 
     The C x C attention pools over all pixels: q.k^T and the norms of q and k are summed band by
-    band (:func:`row_bands`), and only v is kept for the whole image.
+    band (:func:`projected_bands`), and only v is kept for every band.
     """
     b, n, c = tokens.shape
     heads, head_channels = attn.num_heads, c // attn.num_heads
@@ -220,8 +259,7 @@ def attention_residual(attn: nn.Module, norm: nn.Module, tokens: torch.Tensor, i
         values = [(v, slice(None))]
     else:  # normalising the C x C product instead of q and k saves two passes over them
         products, squares, values = 0, 0, []
-        for band, band_h, kept, placed in row_bands(tokens, h, w):
-            q, k, v = (t[:, kept] for t in project(band, norm, parts, band_h, w))
+        for (q, k, v), placed in projected_bands(tokens, norm, parts, h, w):
             # (B, heads, head_channels, pixels) views that matmul reads as transposed matrices
             q_heads, k_heads = (t.view(b, -1, heads, head_channels).permute(0, 2, 3, 1) for t in (q, k))
             # summed in at least float32: under bf16 autocast, one rounding per band would add up
@@ -259,7 +297,7 @@ def feed_forward_residual(ffn: nn.Module, norm: nn.Module, tokens: torch.Tensor,
                           w: int) -> torch.Tensor:
     """``tokens + DGFN(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch. In eager
     inference it adds into ``tokens`` in place (the blocks pass the attention's output), band by band
-    (:func:`row_bands`): the wide hidden activations of a band stay in the cache."""
+    (:func:`projected_bands`): the wide hidden activations of a band stay in the cache."""
     b, _, c = tokens.shape
     parts = folded_projections(norm, ffn.kernel, ipr, ffn.project_in, ffn.dwconv, 2, HIDDEN_MULTIPLE)
     out_weight = ffn.project_out.weight.flatten(1)  # (C, hidden), zero columns added for the padded channels
@@ -280,16 +318,9 @@ def feed_forward_residual(ffn: nn.Module, norm: nn.Module, tokens: torch.Tensor,
         for sample_rows, sample_gated in zip(rows, gated):
             sample_rows.addmm_(sample_gated, out_weight.to(gated.dtype))
 
-    # a band's rows are overwritten only once the next band has read its halo row among them
-    pending = None
-    for band, band_h, kept, placed in row_bands(tokens, h, w):
-        x1, x2 = project(band, norm, parts, band_h, w)
+    for (x1, x2), placed in projected_bands(tokens, norm, parts, h, w):
         # in place: GELU into a fresh tensor measured twice as slow
-        gated = torch.ops.aten.gelu_(x1).mul_(x2)[:, kept]
-        if pending is not None:
-            add_to_rows(*pending)
-        pending = gated, placed
-    add_to_rows(*pending)
+        add_to_rows(torch.ops.aten.gelu_(x1).mul_(x2), placed)
     return tokens
 
 
