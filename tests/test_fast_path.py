@@ -234,25 +234,30 @@ def test_composite_tail_is_composed_in_float32_under_autocast():
 
 
 @pytest.mark.parametrize("variant", ["sr_x4", "deblur", "inpaint_dual_pixel"])
-def test_blocks_in_row_bands_match_the_plain_path(variant, monkeypatch):
+@pytest.mark.parametrize("band_pixels, level_bands", [(88, ((5, 5, 5, 5, 4), (11, 1))), (64, ((4,) * 6, (8, 4)))])
+def test_blocks_in_row_bands_match_the_plain_path(variant, band_pixels, level_bands, monkeypatch):
     """Without autograd the fast path runs attention and feed-forward on bands of rows, each band's
     depthwise convs reading the rows around it from the band before: the seams must be exact and q.k^T
-    summed over the bands (also with conv biases and a padded hidden width, inpaint_dual_pixel). Here
-    bands of 88 pixels: 5, 5, 5, 5 and 4 rows of the 24 x 16 level 1, 11 and 1 of the 12 x 8 level 2."""
+    summed over the bands (also with conv biases and a padded hidden width, inpaint_dual_pixel). The
+    bands of the 24 x 16 level 1 and the 12 x 8 level 2: ``level_bands``, a last band of 1 row among
+    them. Also in float64 under bf16 autocast, which leaves float64 alone."""
     net, _, ipr = tiny_dirformer(variant)
     x = torch.rand(2, VARIANTS[variant].get("inp_channels", 3), 24, 16)
-    monkeypatch.setattr(dirformer_fast, "BAND_PIXELS", 88)
+    monkeypatch.setattr(dirformer_fast, "BAND_PIXELS", band_pixels)
     net.eval()
     with torch.no_grad():
-        assert dirformer_fast.band_rows(torch.zeros(1, 24 * 16, 4), 24, 16) == 5
-        assert dirformer_fast.band_rows(torch.zeros(1, 12 * 8, 4), 12, 8) == 11
+        for (h, w), bands in zip([(24, 16), (12, 8)], level_bands):
+            assert dirformer_fast.band_rows(torch.zeros(1, h * w, 4), h, w) == bands[0]
         # off the CPU (here the meta device, which stands in for a GPU) bands are only more launches
         assert dirformer_fast.band_rows(torch.zeros(1, 24 * 16, 4, device="meta"), 24, 16) == 24
-        net.impl = "plain"
-        ref = net(x, ipr)
-        net.impl = "fast"
-        out = net(x, ipr)
-    assert (out - ref).abs().max().item() <= 1e-5
+        for dtype, tolerance in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+            net.to(dtype)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == torch.float64):
+                net.impl = "plain"
+                ref = net(x.to(dtype), ipr.to(dtype))
+                net.impl = "fast"
+                out = net(x.to(dtype), ipr.to(dtype))
+            assert out.dtype == dtype and (out - ref).abs().max().item() <= tolerance
 
 
 def test_resampling_convs_read_small_maps_as_nchw():

@@ -183,11 +183,12 @@ def band_rows(tokens: torch.Tensor, h: int, w: int) -> int:
 
 
 def gemm_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
-    """The dtype of ``a @ b``: the autocast dtype under autocast (which out= ops skip), else the promotion."""
-    device = a.device.type
-    if torch.is_autocast_enabled(device):
+    """The dtype of ``a @ b`` (for out= ops, which autocast skips): their promotion, or the autocast
+    dtype where autocast would cast them (it leaves float64 alone)."""
+    dtype, device = torch.promote_types(a.dtype, b.dtype), a.device.type
+    if torch.is_autocast_enabled(device) and dtype != torch.float64:
         return torch.get_autocast_dtype(device)
-    return torch.promote_types(a.dtype, b.dtype)
+    return dtype
 
 
 def projected_bands(tokens: torch.Tensor, norm: nn.Module, parts: list[tuple], h: int, w: int):
@@ -196,8 +197,9 @@ def projected_bands(tokens: torch.Tensor, norm: nn.Module, parts: list[tuple], h
 
     A band's depthwise convs read one row above and below it. Each chunk's GEMM output goes to a buffer
     of the band's rows plus those two: the GEMMs of a band compute the rows from its second (the first
-    band: its first) to the one below it; the two above are the previous band's last two, moved to
-    the buffer's top. So every row is projected once (recomputing the two rows measured 4-10% slower
+    band: its first) to the one below it; the two above are the last two rows of the previous band's
+    buffer (its last row and the row below it), moved to the buffer's top. So every row is projected
+    once (recomputing the two rows measured 4-10% slower
     at 128x128 and 256x256), and no later band reads the token rows of a band yielded: the caller may
     overwrite them (the feed-forward adds into them in place).
     """
@@ -206,24 +208,23 @@ def projected_bands(tokens: torch.Tensor, norm: nn.Module, parts: list[tuple], h
         yield project(tokens, norm, parts, h, w), slice(None)
         return
     b = tokens.shape[0]
-    buffers = None  # per chunk, (B, rows + 2, W, out): row j holds the projection of image row top - 1 + j
+    dtype = gemm_dtype(tokens, parts[0][0])
+    weights = [weight.to(dtype) for weight, *_ in parts]
+    # per chunk, (B, rows + 2, W, out): row j holds the projection of image row top - 1 + j
+    buffers = [tokens.new_empty(b, rows + 2, w, weight.shape[-1], dtype=dtype) for weight in weights]
+    for buffer in buffers:
+        buffer[:, 0] = 0  # the zero padding above the image
     for top in range(0, h, rows):
         bottom = min(top + rows, h)
         first, last = (top + 1 if top else 0), min(bottom + 1, h)  # the image rows this band projects
-        augmented = normalize_tokens(norm, tokens[:, first * w:last * w], ones_column=True)
-        if buffers is None:
-            dtype = gemm_dtype(augmented, parts[0][0])
-            buffers = [augmented.new_empty(b, rows + 2, w, weight.shape[-1], dtype=dtype) for weight, *_ in parts]
-            for buffer in buffers:
-                buffer[:, 0] = 0  # the zero padding above the image
+        augmented = normalize_tokens(norm, tokens[:, first * w:last * w], ones_column=True).to(dtype)
         chunks = []
-        for buffer, (weight, _, dw_weight, dw_bias) in zip(buffers, parts):
+        for buffer, weight, (_, _, dw_weight, dw_bias) in zip(buffers, weights, parts):
             if top:
                 buffer[:, :2] = buffer[:, rows:rows + 2]
             start = first - top + 1
             stop = start + last - first
-            rows_out = buffer[:, start:stop].view(b, -1, buffer.shape[-1])
-            torch.bmm(augmented.to(dtype), weight.to(dtype), out=rows_out)
+            torch.bmm(augmented, weight, out=buffer[:, start:stop].view(b, -1, buffer.shape[-1]))
             if bottom == h:  # the zero padding below the image
                 buffer[:, stop] = 0
             image = buffer[:, :bottom - top + 2].permute(0, 3, 1, 2)
@@ -266,23 +267,25 @@ def attention_residual(attn: nn.Module, norm: nn.Module, tokens: torch.Tensor, i
             products = products + at_least_float32(q_heads @ k_heads.transpose(-2, -1))
             squares = squares + at_least_float32(torch.stack([q.square().sum(dim=1), k.square().sum(dim=1)]))
             values.append((v, placed))
-        products, squares = products.to(q.dtype), squares.to(q.dtype)  # rounded once, back to the compute dtype
+            del q, k, q_heads, k_heads  # before the next band's are made: its buffers can take their memory
+        dtype = values[0][0].dtype
+        products, squares = products.to(dtype), squares.to(dtype)  # rounded once, back to the compute dtype
         q_norm, k_norm = squares.sqrt().clamp_min(F_NORMALIZE_EPS).view(2, b, heads, head_channels, 1)
         logits = products * (attn.temperature / q_norm) / k_norm.transpose(-2, -1)
     attention = logits.softmax(dim=-1)
     # project_out(attn @ v) = v @ (W_out . blockdiag(attn))^T: one GEMM over the pixels, plus the residual
     w_out = attn.project_out.weight.view(c, heads, head_channels).transpose(0, 1)  # (heads, C, head_channels)
     mix_t = (w_out @ attention).transpose(1, 2).reshape(b, c, c).transpose(1, 2)
-    residual = tokens if attn.project_out.bias is None else tokens + attn.project_out.bias
+    bias = attn.project_out.bias
     if len(values) == 1:
-        return torch.baddbmm(residual, values[0][0], mix_t)
+        return torch.baddbmm(tokens if bias is None else tokens + bias, values[0][0], mix_t)
     # row bands: each band's product goes straight into its rows of the output, with no concatenation
     # of the bands' v. out= is not autocast: under autocast v and mix_t have the autocast dtype, the
     # residual can be float32 (a float32 bias added)
     out = tokens.new_empty(tokens.shape, dtype=values[0][0].dtype)
-    residual = residual.to(out.dtype)
     for v, placed in values:
-        torch.baddbmm(residual[:, placed], v, mix_t, out=out[:, placed])
+        residual = tokens[:, placed] if bias is None else tokens[:, placed] + bias
+        torch.baddbmm(residual.to(out.dtype), v, mix_t, out=out[:, placed])
     return out
 
 
@@ -304,23 +307,30 @@ def feed_forward_residual(ffn: nn.Module, norm: nn.Module, tokens: torch.Tensor,
     out_weight = F.pad(out_weight, [0, parts[0][2].shape[0] - out_weight.shape[1]]).t()
     if not eager_inference():
         x1, x2 = project(tokens, norm, parts, h, w)
-        gated = (F.gelu(x1) * x2).view(-1, out_weight.shape[0])
+        gated = (F.gelu(x1) * x2).reshape(-1, out_weight.shape[0])
         residual = tokens if ffn.project_out.bias is None else tokens + ffn.project_out.bias
         # one GEMM over all pixels of the batch, the residual added by it
         return torch.addmm(residual.reshape(-1, c), gated, out_weight).view(b, -1, c)
 
+    # in-place ops are not autocast: the attention's output, and so the rows, already have the GEMM dtype
+    out_weight = out_weight.to(tokens.dtype)
+
     def add_to_rows(gated: torch.Tensor, placed: slice) -> None:
+        """A GEMM accumulating into the rows, no copy of them: one, or one per sample where the rows of
+        a band are strided across the batch."""
         rows = tokens[:, placed]
         if ffn.project_out.bias is not None:
             rows.add_(ffn.project_out.bias)
-        # a GEMM accumulating into each sample's rows, no copy of them (in-place ops are not autocast:
-        # the attention's output, and so the rows, already have the autocast dtype)
-        for sample_rows, sample_gated in zip(rows, gated):
-            sample_rows.addmm_(sample_gated, out_weight.to(gated.dtype))
+        if rows.is_contiguous():
+            rows.view(-1, c).addmm_(gated.reshape(-1, gated.shape[-1]), out_weight)
+        else:
+            for sample_rows, sample_gated in zip(rows, gated):
+                sample_rows.addmm_(sample_gated, out_weight)
 
     for (x1, x2), placed in projected_bands(tokens, norm, parts, h, w):
         # in place: GELU into a fresh tensor measured twice as slow
         add_to_rows(torch.ops.aten.gelu_(x1).mul_(x2), placed)
+        del x1, x2  # before the next band's are made: its buffers can take their memory
     return tokens
 
 
