@@ -437,6 +437,44 @@ def test_fast_path_compiles_without_graph_breaks():
     assert (out - ref).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("fullgraph", [False, True])
+def test_compiled_network_leaves_row_bands_to_eager_mode_unless_fullgraph(fullgraph, monkeypatch, request):
+    """Compiled through the compile option, the levels that eager inference runs on row bands (here
+    the 24 x 16 level 1 and the 12 x 8 level 2, 88-pixel bands) run eagerly on their bands, outside
+    the graph; with fullgraph=True, which refuses graph breaks, they are traced on the whole map."""
+    # dynamo's cache of compiled frames is shared by the networks of one class: another test's graphs
+    # (or the other case's) could serve this network, and this one's serve later tests
+    torch._dynamo.reset()
+    request.addfinalizer(torch._dynamo.reset)
+    net, _, ipr = tiny_dirformer("sr_x4", num_blocks=(1, 1, 1, 1))
+    x = torch.rand(2, 3, 24, 16)
+    monkeypatch.setattr(dirformer_fast, "BAND_PIXELS", 88)
+    banded = []  # whether each eager call of band_rows split its map
+
+    def band_rows(tokens, h, w):
+        rows = dirformer_fast.rows_per_band(h, w, tokens.device) if dirformer_fast.eager_inference() else h
+        if not torch.compiler.is_compiling():
+            banded.append(rows < h)
+        return rows
+
+    monkeypatch.setattr(dirformer_fast, "band_rows", band_rows)
+    net.impl = "fast"
+    net.eval()
+    with torch.no_grad():
+        ref = net(x, ipr)
+        assert banded.count(True) == 2 * 3 + 2 * 2  # the attention and the feed-forward of 3 + 2 blocks
+        if not fullgraph:  # what dynamo makes of the network either way
+            for outside in (True, False):
+                net.row_bands_outside_graph = outside
+                assert (torch._dynamo.explain(net)(x, ipr).graph_break_count > 0) is outside
+        compile_network(net, {"backend": "aot_eager", "fullgraph": fullgraph})
+        assert net.row_bands_outside_graph is not fullgraph
+        banded.clear()
+        out = net(x, ipr)
+    assert banded.count(True) == (0 if fullgraph else 2 * 3 + 2 * 2)
+    assert (out - ref).abs().max().item() <= 1e-5
+
+
 def test_compile_option_values_and_errors(monkeypatch):
     assert compile_arguments(None) is None and compile_arguments(False) is None
     assert compile_arguments(True) == {"dynamic": False}  # graphs specialised to each input shape

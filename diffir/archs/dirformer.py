@@ -35,8 +35,8 @@ see docs/speed.md). Under ``torch.compile`` it also computes the x4 SR tail as t
 ``use_checkpoint=True`` recomputes each transformer block in the backward pass instead of storing
 its activations (training memory for compute), for either implementation.
 
-The blocks take no such flags: the DIRformer sets, once per change of ``impl``, ``use_checkpoint``
-or device, how each level (:class:`IPRSequential`) runs its blocks.
+The blocks take no such flags: the DIRformer sets, once per change of ``impl``, ``use_checkpoint``,
+``row_bands_outside_graph`` or device, how each level (:class:`IPRSequential`) runs its blocks.
 """
 from __future__ import annotations
 
@@ -166,14 +166,22 @@ class IPRSequential(nn.Sequential):
     """A stack of dynamic transformer blocks that all receive the same IPR.
 
     ``run_block(block, x, ipr)`` computes one block (the plain forward, or the fast path's function of
-    the same weights); ``use_checkpoint`` recomputes each block in the backward pass when training.
-    The DIRformer sets both.
+    the same weights); ``use_checkpoint`` recomputes each block in the backward pass when training;
+    ``row_bands_outside_graph``: under torch.compile, a map that the fast path's eager inference runs
+    on row bands is run eagerly, outside the graph. The DIRformer sets all three.
     """
 
     run_block = staticmethod(plain_block)
     use_checkpoint = False
+    row_bands_outside_graph = False
 
     def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+        if (self.row_bands_outside_graph and torch.compiler.is_compiling() and not torch.is_grad_enabled()
+                and dirformer_fast.rows_per_band(*x.shape[-2:], x.device) < x.shape[-2]):
+            return run_outside_graph(self.run_blocks, x, ipr)
+        return self.run_blocks(x, ipr)
+
+    def run_blocks(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
         recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for block in self:
             if recompute:
@@ -181,6 +189,11 @@ class IPRSequential(nn.Sequential):
             else:
                 x = self.run_block(block, x, ipr)
         return x
+
+
+@torch.compiler.disable(reason="the fast path's row bands: eagerly as fast as compiled, and a whole-map graph was slower")
+def run_outside_graph(run_blocks, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+    return run_blocks(x, ipr)
 
 
 # --------------------------------------------------------------------------- resampling
@@ -288,6 +301,7 @@ class DIRformer(nn.Module):
         else:
             self.output = nn.Conv2d(d2, out_channels, 3, padding=1, bias=bias)
         self._use_checkpoint = bool(use_checkpoint)
+        self._row_bands_outside_graph = False
         self._running = None  # the implementation the levels are set up for
         self.impl = impl
 
@@ -311,6 +325,21 @@ class DIRformer(nn.Module):
         self._use_checkpoint = bool(enabled)
         self._set_up_levels(self._running)
 
+    @property
+    def row_bands_outside_graph(self) -> bool:
+        """Under torch.compile, run the levels that the fast path's eager inference would run on row
+        bands (CPU, no autograd, maps of more than ``dirformer_fast.BAND_PIXELS`` pixels) eagerly,
+        outside the graph, with a graph break each side; the other levels are compiled. On the test
+        CPU that ran as fast as eager mode, where the whole map compiled was up to 1.24x slower
+        (docs/speed.md). Off by default, as graph breaks fail ``fullgraph=True``;
+        :func:`diffir.utils.compile.compile_network` turns it on unless asked for ``fullgraph``."""
+        return self._row_bands_outside_graph
+
+    @row_bands_outside_graph.setter
+    def row_bands_outside_graph(self, enabled: bool) -> None:
+        self._row_bands_outside_graph = bool(enabled)
+        self._set_up_levels(self._running)
+
     def _set_up_levels(self, impl: str) -> None:
         """Tell every level how to run its blocks (one walk over the modules)."""
         run_block = dirformer_fast.transformer_block if impl == "fast" else plain_block
@@ -318,6 +347,7 @@ class DIRformer(nn.Module):
             if isinstance(module, IPRSequential):
                 module.run_block = run_block
                 module.use_checkpoint = self._use_checkpoint
+                module.row_bands_outside_graph = impl == "fast" and self._row_bands_outside_graph
         self._running = impl
 
     def resolve_impl(self, device: torch.device) -> str:

@@ -172,14 +172,19 @@ def project(tokens: torch.Tensor, norm: nn.Module, parts: list[tuple], h: int, w
 BAND_PIXELS = 4096  # pixels per band of rows without autograd: a band's activations stay in the CPU's cache
 
 
-def band_rows(tokens: torch.Tensor, h: int, w: int) -> int:
-    """Rows per band of (B, H*W, C) tokens, ``h`` for the whole image in one band: with autograd, under
-    torch.compile (which fuses the passes itself), off the CPU or when the image is small. On a GPU,
-    bands only multiply the kernel launches: on an H200 the fast path ran at 0.58x plain at 64x64 LR
-    (one band) but 0.12x and 0.11x at 128x128 and 256x256, where its level-1 blocks ran 4 and 16 bands.
-    """
+def rows_per_band(h: int, w: int, device: torch.device) -> int:
+    """Rows per band of an ``h`` x ``w`` map on ``device`` in eager inference, ``h`` for the whole map in
+    one band: off the CPU or when the map is small. On a GPU, bands only multiply the kernel launches:
+    on an H200 the fast path ran at 0.58x plain at 64x64 LR (one band) but 0.12x and 0.11x at 128x128
+    and 256x256, where its level-1 blocks ran 4 and 16 bands."""
     rows = max(4, BAND_PIXELS // w)
-    return h if not eager_inference() or rows >= h or tokens.device.type != "cpu" else rows
+    return h if rows >= h or device.type != "cpu" else rows
+
+
+def band_rows(tokens: torch.Tensor, h: int, w: int) -> int:
+    """Rows per band of (B, H*W, C) tokens: :func:`rows_per_band` in :func:`eager_inference`, else ``h``
+    (with autograd; and under torch.compile, which fuses the passes itself)."""
+    return rows_per_band(h, w, tokens.device) if eager_inference() else h
 
 
 def gemm_dtype(a: torch.Tensor, b: torch.Tensor) -> torch.dtype:
