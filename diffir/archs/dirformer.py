@@ -191,7 +191,7 @@ class IPRSequential(nn.Sequential):
         return x
 
 
-@torch.compiler.disable(reason="the fast path's row bands: eagerly as fast as compiled, and a whole-map graph was slower")
+@torch.compiler.disable(reason="the fast path's row bands ran faster eagerly than compiled on the whole map")
 def run_outside_graph(run_blocks, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
     return run_blocks(x, ipr)
 
