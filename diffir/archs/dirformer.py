@@ -35,8 +35,8 @@ see docs/speed.md). Under ``torch.compile`` it also computes the x4 SR tail as t
 ``use_checkpoint=True`` recomputes each transformer block in the backward pass instead of storing
 its activations (training memory for compute), for either implementation.
 
-The blocks take no such flags: the DIRformer sets, once per change of ``impl``, ``use_checkpoint``,
-``row_bands_outside_graph`` or device, how each level (:class:`IPRSequential`) runs its blocks.
+The blocks take no such flags: the DIRformer sets, once per change of ``impl``, ``use_checkpoint``
+or device, how each level (:class:`IPRSequential`) runs its blocks.
 """
 from __future__ import annotations
 
@@ -166,22 +166,14 @@ class IPRSequential(nn.Sequential):
     """A stack of dynamic transformer blocks that all receive the same IPR.
 
     ``run_block(block, x, ipr)`` computes one block (the plain forward, or the fast path's function of
-    the same weights); ``use_checkpoint`` recomputes each block in the backward pass when training;
-    ``row_bands_outside_graph``: under torch.compile, a map that the fast path's eager inference runs
-    on row bands is run eagerly, outside the graph. The DIRformer sets all three.
+    the same weights); ``use_checkpoint`` recomputes each block in the backward pass when training.
+    The DIRformer sets both.
     """
 
     run_block = staticmethod(plain_block)
     use_checkpoint = False
-    row_bands_outside_graph = False
 
     def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
-        if (self.row_bands_outside_graph and torch.compiler.is_compiling() and not torch.is_grad_enabled()
-                and dirformer_fast.rows_per_band(*x.shape[-2:], x.device) < x.shape[-2]):
-            return run_outside_graph(self.run_blocks, x, ipr)
-        return self.run_blocks(x, ipr)
-
-    def run_blocks(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
         recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for block in self:
             if recompute:
@@ -191,9 +183,13 @@ class IPRSequential(nn.Sequential):
         return x
 
 
+def call_level(level: IPRSequential, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+    return level(x, ipr)
+
+
 @torch.compiler.disable(reason="the fast path's row bands ran faster eagerly than compiled on the whole map")
-def run_outside_graph(run_blocks, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
-    return run_blocks(x, ipr)
+def call_level_outside_graph(level: IPRSequential, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+    return level(x, ipr)
 
 
 # --------------------------------------------------------------------------- resampling
@@ -301,7 +297,10 @@ class DIRformer(nn.Module):
         else:
             self.output = nn.Conv2d(d2, out_channels, 3, padding=1, bias=bias)
         self._use_checkpoint = bool(use_checkpoint)
-        self._row_bands_outside_graph = False
+        # under torch.compile, run the levels that the fast path's eager inference would run on row bands
+        # eagerly, outside the graph (see level_caller). compile_network turns it on unless asked for
+        # fullgraph; graph breaks also fail a strict torch.export
+        self.row_bands_outside_graph = False
         self._running = None  # the implementation the levels are set up for
         self.impl = impl
 
@@ -325,21 +324,6 @@ class DIRformer(nn.Module):
         self._use_checkpoint = bool(enabled)
         self._set_up_levels(self._running)
 
-    @property
-    def row_bands_outside_graph(self) -> bool:
-        """Under torch.compile, run the levels that the fast path's eager inference would run on row
-        bands (CPU, no autograd, maps of more than ``dirformer_fast.BAND_PIXELS`` pixels) eagerly,
-        outside the graph, with a graph break each side; the other levels are compiled. On the test
-        CPU that ran as fast as eager mode, where the whole map compiled was up to 1.24x slower
-        (docs/speed.md). Off by default, as graph breaks fail ``fullgraph=True``;
-        :func:`diffir.utils.compile.compile_network` turns it on unless asked for ``fullgraph``."""
-        return self._row_bands_outside_graph
-
-    @row_bands_outside_graph.setter
-    def row_bands_outside_graph(self, enabled: bool) -> None:
-        self._row_bands_outside_graph = bool(enabled)
-        self._set_up_levels(self._running)
-
     def _set_up_levels(self, impl: str) -> None:
         """Tell every level how to run its blocks (one walk over the modules)."""
         run_block = dirformer_fast.transformer_block if impl == "fast" else plain_block
@@ -347,7 +331,6 @@ class DIRformer(nn.Module):
             if isinstance(module, IPRSequential):
                 module.run_block = run_block
                 module.use_checkpoint = self._use_checkpoint
-                module.row_bands_outside_graph = impl == "fast" and self._row_bands_outside_graph
         self._running = impl
 
     def resolve_impl(self, device: torch.device) -> str:
@@ -372,25 +355,46 @@ class DIRformer(nn.Module):
         if fast:  # every conv, shuffle and block below then keeps channels_last
             x = x.contiguous(memory_format=torch.channels_last)
         emb = self.patch_embed.proj(x)
-        enc1 = self.encoder_level1(emb, ipr)
-        enc2 = self.encoder_level2(self.down1_2(enc1), ipr)
-        enc3 = self.encoder_level3(self.down2_3(enc2), ipr)
-        latent = self.latent(self.down3_4(enc3), ipr)
+        enc1 = self.level_caller(emb)(self.encoder_level1, emb, ipr)
+        x = self.down1_2(enc1)
+        enc2 = self.level_caller(x)(self.encoder_level2, x, ipr)
+        x = self.down2_3(enc2)
+        enc3 = self.level_caller(x)(self.encoder_level3, x, ipr)
+        x = self.down3_4(enc3)
+        latent = self.level_caller(x)(self.latent, x, ipr)
 
-        dec3 = self.decoder_level3(self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1)), ipr)
-        dec2 = self.decoder_level2(self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1)), ipr)
-        dec1 = self.decoder_level1(torch.cat([self.up2_1(dec2), enc1], 1), ipr)
+        x = self.reduce_chan_level3(torch.cat([self.up4_3(latent), enc3], 1))
+        dec3 = self.level_caller(x)(self.decoder_level3, x, ipr)
+        x = self.reduce_chan_level2(torch.cat([self.up3_2(dec3), enc2], 1))
+        dec2 = self.level_caller(x)(self.decoder_level2, x, ipr)
+        x = torch.cat([self.up2_1(dec2), enc1], 1)
+        dec1 = self.level_caller(x)(self.decoder_level1, x, ipr)
 
-        if self.head == "sr":
-            feat = self.refinement(dec1, ipr)
-            upsampled = F.interpolate(inp_img, scale_factor=self.scale, mode="nearest")
-            # compiled, 'auto' composes the x4 tail on any device: on an H200 that was 2-12% faster than the
-            # three convs (compiled, CUDA graphs; measured when the border row and column were computed by
-            # the three convs), while eagerly the extra launches ate the saving there
-            composite = fast or (self._impl == "auto" and torch.compiler.is_compiling())
-            out = dirformer_fast.sr_tail(self.tail, feat, upsampled) if composite else self.tail(feat) + upsampled
-        elif self.head == "restore":
-            out = self.output(self.refinement(dec1, ipr)) + inp_img
-        else:
+        if self.head == "inpaint":
             out = self.output(dec1 + self.skip_conv(emb) if self.dual_pixel_task else dec1)
+        else:
+            feat = self.level_caller(dec1)(self.refinement, dec1, ipr)
+            if self.head == "restore":
+                out = self.output(feat) + inp_img
+            else:
+                upsampled = F.interpolate(inp_img, scale_factor=self.scale, mode="nearest")
+                # compiled, 'auto' composes the x4 tail on any device: on an H200 that was 2-12% faster than
+                # the three convs (compiled, CUDA graphs; measured when the border row and column were
+                # computed by the three convs), while eagerly the extra launches ate the saving there
+                composite = fast or (self._impl == "auto" and torch.compiler.is_compiling())
+                out = dirformer_fast.sr_tail(self.tail, feat, upsampled) if composite else self.tail(feat) + upsampled
         return out.contiguous() if fast else out
+
+    def level_caller(self, x: torch.Tensor):
+        """How forward calls a level on ``x``: :func:`call_level`, or under torch.compile, where the fast
+        path's eager inference runs ``x`` on row bands and ``row_bands_outside_graph`` is on,
+        :func:`call_level_outside_graph`: the level runs eagerly, between graph breaks (compiled on the
+        whole map, those levels ran slower; docs/speed.md). Returned rather than called, so that the
+        break falls in forward itself: a break inside a helper makes dynamo compile the helper as a
+        frame of its own, shared by all levels, whose cache of one entry per level and input size
+        reached dynamo's recompile limit after a few sizes."""
+        h, w = x.shape[-2:]
+        if (self.row_bands_outside_graph and self._running == "fast" and torch.compiler.is_compiling()
+                and not torch.is_grad_enabled() and dirformer_fast.rows_per_band(h, w, x.device) < h):
+            return call_level_outside_graph
+        return call_level
