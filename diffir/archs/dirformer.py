@@ -40,6 +40,8 @@ or device, how each level (:class:`IPRSequential`) runs its blocks.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -385,7 +387,7 @@ class DIRformer(nn.Module):
                 out = dirformer_fast.sr_tail(self.tail, feat, upsampled) if composite else self.tail(feat) + upsampled
         return out.contiguous() if fast else out
 
-    def level_caller(self, x: torch.Tensor):
+    def level_caller(self, x: torch.Tensor) -> Callable[[IPRSequential, torch.Tensor, torch.Tensor], torch.Tensor]:
         """How forward calls a level on ``x``: :func:`call_level`, or under torch.compile, where the fast
         path's eager inference runs ``x`` on row bands and ``row_bands_outside_graph`` is on,
         :func:`call_level_outside_graph`: the level runs eagerly, between graph breaks (compiled on the

@@ -13,7 +13,8 @@ is one of:
 Unless the option sets ``dynamic``, graphs are specialised to each input shape (``dynamic=False``):
 on the CPU a shape-generic graph of the full-size DIRformer ran several times slower than a
 specialised one, and slower than eager mode. Each new input size then costs one more compilation
-(minutes for the full-size network on a CPU).
+(minutes for the full-size network on a CPU); past 8 sizes (dynamo's ``recompile_limit``) new sizes
+run eagerly.
 
 Compiled graphs are reused across processes: inductor's on-disk FX graph cache (and AOTAutograd's,
 for training) is kept on, in ``$XDG_CACHE_HOME/diffir/torchinductor`` (``~/.cache/...``) rather than
@@ -28,7 +29,7 @@ refused in training, where the weights change after compilation.
 
 On the CPU without autograd, the levels that the fast path runs on bands of rows in eager mode stay
 out of the graph (graph breaks around them; unless ``fullgraph`` is asked for): compiled on the whole
-map they ran up to 1.24x slower than eagerly on bands (``DIRformer.row_bands_outside_graph``).
+map, the network ran up to 1.24x slower than with them eager on bands (``DIRformer.row_bands_outside_graph``).
 
 Only the DIRformer of a DiffIR network is compiled: it is nearly all the compute, and CPEN and the
 few IPR diffusion steps (a Python loop over timesteps) would only add graphs. Compilation is in
