@@ -28,8 +28,8 @@ the graph, and convolution weights are pre-packed) was the fastest setting on th
 refused in training, where the weights change after compilation.
 
 On the CPU without autograd, the levels that the fast path runs on bands of rows in eager mode stay
-out of the graph (graph breaks around them; unless ``fullgraph`` is asked for): compiled on the whole
-map, the network ran up to 1.24x slower than with them eager on bands (``DIRformer.row_bands_outside_graph``).
+out of the graph (graph breaks around them; unless ``fullgraph`` is asked for): with those levels
+compiled on the whole map, the network ran up to 1.24x slower (``DIRformer.row_bands_outside_graph``).
 
 Only the DIRformer of a DiffIR network is compiled: it is nearly all the compute, and CPEN and the
 few IPR diffusion steps (a Python loop over timesteps) would only add graphs. Compilation is in
