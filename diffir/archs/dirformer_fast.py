@@ -80,23 +80,37 @@ def normalize_tokens(norm: nn.Module, tokens: torch.Tensor, ones_column: bool = 
     if not ones_column:
         if norm.subtract_mean:
             return F.layer_norm(tokens, tokens.shape[-1:], eps=norm.eps)
-        return tokens * bias_free_rstd(tokens, norm.eps)
+        return tokens * rstd_of_centred(centred(tokens), norm.eps)
     b, n, c = tokens.shape
     out = tokens.new_empty(b, n, c + 1)
     out[..., c] = 1
+    normalized = out[..., :c]
     if norm.subtract_mean:
-        out[..., :c] = F.layer_norm(tokens, tokens.shape[-1:], eps=norm.eps)
+        # centred and scaled in place in the block: F.layer_norm into a new tensor and a copy into the
+        # block took about twice as long (0.8 against 0.4 ms on 4096 x 96 tokens)
+        torch.sub(tokens, mean_of(tokens), out=normalized)
+        normalized.mul_(rstd_of_centred(normalized, norm.eps))
     else:
-        torch.mul(tokens, bias_free_rstd(tokens, norm.eps), out=out[..., :c])
+        torch.mul(tokens, rstd_of_centred(centred(tokens), norm.eps), out=normalized)
     return out
 
 
-def bias_free_rstd(tokens: torch.Tensor, eps: float) -> torch.Tensor:
-    """1 / std over the channels, for Restormer's BiasFree LayerNorm (which scales without centring)."""
-    centred = tokens - tokens.mean(dim=-1, keepdim=True)
+def mean_of(tokens: torch.Tensor) -> torch.Tensor:
+    """The mean over the channels, (B, N, 1), in at least float32 (as LayerNorm takes it)."""
+    return tokens.mean(dim=-1, keepdim=True, dtype=torch.promote_types(tokens.dtype, torch.float32))
+
+
+def centred(tokens: torch.Tensor) -> torch.Tensor:
+    """``tokens`` minus their mean over the channels. (Restormer's BiasFree LayerNorm divides by their
+    std but does not centre its output.)"""
+    return (tokens - mean_of(tokens)).to(tokens.dtype)
+
+
+def rstd_of_centred(tokens: torch.Tensor, eps: float) -> torch.Tensor:
+    """1 / std over the channels of (B, N, C) :func:`centred` tokens, in their dtype."""
     # the norm is one fused pass over the tokens (squaring and then averaging would be two), taken in
     # at least float32: a float16 sum of squares overflows once the channels' RMS passes 256 / sqrt(C)
-    norm = torch.linalg.vector_norm(at_least_float32(centred), dim=-1, keepdim=True)
+    norm = torch.linalg.vector_norm(at_least_float32(tokens), dim=-1, keepdim=True)
     return torch.rsqrt(norm.square() / tokens.shape[-1] + eps).to(tokens.dtype)
 
 
