@@ -415,16 +415,30 @@ def test_float16_attention_does_not_overflow():
     assert (out.double() - ref).abs().max().item() <= 0.02 * ref.abs().max().item()
 
 
+@pytest.mark.parametrize("layer_norm_type", ["BiasFree", "WithBias"])
 @pytest.mark.parametrize("ones_column", [False, True])
-def test_bias_free_norm_does_not_overflow_in_float16(ones_column):
+def test_norm_does_not_overflow_in_float16(layer_norm_type, ones_column):
     """Tokens whose sum of squares over the channels passes float16's range (RMS 40 over 128 channels)
     still normalise to the float32 result, as the plain path's per-element squares do."""
-    norm = ChannelLayerNorm(128, "BiasFree")
+    norm = ChannelLayerNorm(128, layer_norm_type)
     tokens = 40 * torch.randn(2, 10, 128)
     ref = dirformer_fast.normalize_tokens(norm, tokens, ones_column)
     out = dirformer_fast.normalize_tokens(norm, tokens.half(), ones_column)
     assert ref[..., :128].abs().max() > 1
     assert (out.float() - ref).abs().max().item() <= 1e-2
+
+
+@pytest.mark.parametrize("layer_norm_type", ["BiasFree", "WithBias"])
+@pytest.mark.parametrize("ones_column", [False, True])
+def test_norm_matches_the_plain_norm_far_from_zero_mean(layer_norm_type, ones_column):
+    """Tokens with a mean 1000 times their std: the variance is taken of the centred tokens (the mean of
+    squares minus the squared mean would lose it to cancellation in float32)."""
+    norm = ChannelLayerNorm(96, layer_norm_type)
+    tokens = 1000 + torch.randn(2, 10, 96)
+    ref = norm(tokens.double().transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)
+    out = dirformer_fast.normalize_tokens(norm, tokens, ones_column)[..., :96]
+    assert ref.std(dim=-1).min() > 0.9  # BiasFree: not centred, but scaled by the same std
+    torch.testing.assert_close(out.double(), ref, rtol=1e-4, atol=1e-3)
 
 
 def test_fast_path_compiles_without_graph_breaks():
