@@ -27,6 +27,9 @@ skipped say so), so that the whole check fits in about 8 minutes on an H100::
 
     python benchmarks/gpu_check.py
 
+``--profile 'compile default tail@256'`` adds, after the table, where that case's time goes on the
+device: its kernels by kind and the costliest ones.
+
 Without a CUDA device it prints one line saying that it skipped the GPU cases and exits with 0;
 ``--device cpu`` runs the same table on the CPU (slowly: to try the script out).
 """
@@ -41,6 +44,7 @@ import statistics
 import sys
 import time
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -178,7 +182,9 @@ class Check:
     def over_budget(self) -> bool:
         return time.perf_counter() - self.start > self.args.budget
 
-    def inference(self, option: Option, size: int) -> tuple[float, torch.Tensor, float]:
+    def inference_call(self, option: Option, size: int) -> Callable[[], torch.Tensor]:
+        """The inference case as a call without arguments that returns the output (not yet run; without
+        the CUDA graph of the 'graph' flag, which :func:`graphed` captures on its first runs)."""
         net = self.network(option)
         hr = smooth_image(4 * size, self.device)
         lq = F.interpolate(hr, scale_factor=0.25, mode="bicubic", antialias=True).clamp(0, 1)
@@ -190,6 +196,10 @@ class Check:
             with self.precision(option):
                 return net(lq, ipr)
 
+        return run
+
+    def inference(self, option: Option, size: int) -> tuple[float, torch.Tensor, float]:
+        run = self.inference_call(option, size)
         self.synchronize()
         start = time.perf_counter()
         if "graph" in option.flags:
@@ -199,6 +209,40 @@ class Check:
         self.synchronize()
         first = time.perf_counter() - start
         return self.median_seconds(run), out, first
+
+    def profile(self, option: Option, size: int, calls: int = 3) -> None:
+        """Where the time of the inference case goes: the device's kernels (the CPU's operators on the
+        CPU) by kind, and the costliest ones, per call."""
+        run = self.inference_call(option, size)
+        if "graph" in option.flags:
+            run = graphed(run)
+        run()
+        run()
+        on_cuda = self.device.type == "cuda"
+        activities = [torch.profiler.ProfilerActivity.CPU]
+        if on_cuda:
+            activities.append(torch.profiler.ProfilerActivity.CUDA)
+        with torch.profiler.profile(activities=activities) as profiler:
+            for _ in range(calls):
+                run()
+            self.synchronize()
+        kernels = {}  # name -> (microseconds, count) over the calls
+        for event in profiler.key_averages():
+            if on_cuda and event.device_type == torch.autograd.DeviceType.CUDA:
+                kernels[event.key] = event.self_device_time_total, event.count
+            elif not on_cuda and event.key.startswith("aten::"):
+                kernels[event.key] = event.self_cpu_time_total, event.count
+        total = sum(us for us, _ in kernels.values())
+        print(f"profile: {option.name} at LR {size}x{size}, {calls} calls: {total / calls / 1e3:.2f} ms per call in "
+              f"{sum(count for _, count in kernels.values()) // calls} {'kernels' if on_cuda else 'operators'}",
+              flush=True)
+        kinds = {}
+        for name, (us, _) in kernels.items():
+            kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0) + us
+        for kind, us in sorted(kinds.items(), key=lambda item: -item[1]):
+            print(f"  {kind:<28} {us / calls / 1e3:8.2f} ms {100 * us / total:5.1f}%", flush=True)
+        for name, (us, count) in sorted(kernels.items(), key=lambda item: -item[1][0])[:PROFILE_TOP]:
+            print(f"  {us / calls / 1e3:8.2f} ms {count // calls:5d}x  {name[:100]}", flush=True)
 
     def training(self, option: Option) -> tuple[float, float]:
         net = self.network(option, train=True)
@@ -223,6 +267,27 @@ class Check:
         run()
         self.synchronize()
         return self.median_seconds(run), time.perf_counter() - start
+
+
+PROFILE_TOP = 15  # kernels listed by --profile
+# kinds of kernel (or CPU operator) by words in their names, first match: inductor's kernels first (their
+# names list the operators they fuse, "convolution" among them), and convolutions before matrix products
+# (cuDNN's are implicit GEMMs)
+KERNEL_KINDS = (
+    ("matrix product (triton template)", ("triton_tem",)),
+    ("fused by inductor (triton)", ("triton",)),
+    ("convolution", ("conv", "fprop", "dgrad", "wgrad", "winograd", "depthwise")),
+    ("matrix product", ("gemm", "cutlass", "xmma", "matmul", "aten::mm", "bmm", "addmm", "cublas")),
+    ("normalisation", ("norm",)),
+    ("softmax, reduction", ("softmax", "reduce", "sum", "mean", "var")),
+    ("copy, layout", ("copy", "memcpy", "memset", "cat", "transpose", "nchw", "nhwc", "contiguous", "shuffle")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "gelu", "mul", "add", "sub", "div", "pow", "sqrt")),
+)
+
+
+def kernel_kind(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for kind, words in KERNEL_KINDS if any(word in lowered for word in words)), "other")
 
 
 def graphed(fn):
@@ -254,6 +319,14 @@ def skipped(case: str, option: Option, budget: float) -> None:
     print(f"{case:<20} {option.name:<32} skipped: past the --budget of {budget:.0f} s", flush=True)
 
 
+def profile_case(case: str) -> tuple[Option, int]:
+    """'OPTION@SIZE' of --profile ('plain fp32' is the plain network)."""
+    name, at, size = case.rpartition("@")
+    if not at or not size.isdigit():
+        raise ValueError(f"--profile {case!r}: expected OPTION@SIZE, e.g. 'compile default tail@256'")
+    return (PLAIN if name == PLAIN.name else Option.parse(name)), int(size)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=10)
@@ -269,17 +342,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-options", default=",".join(DEFAULT_TRAIN_OPTIONS),
                         help="comma-separated training options ('' for no training case)")
     parser.add_argument("--device", default="cuda", help="cuda (default), or cpu to try the script out")
+    parser.add_argument("--profile", default="",
+                        help="comma-separated OPTION@SIZE, e.g. 'compile default tail@256': after the table, "
+                             "where 3 calls of that inference case spend their time on the device, by kind of kernel "
+                             "and the costliest kernels (compiled ones skipped past the --budget); under CUDA graphs "
+                             "('graph', 'reduce-overhead') the profiler may see the graph launch, not its kernels")
     args = parser.parse_args(argv)
     try:
         options = [Option.parse(name) for name in args.options.split(",") if name]
         train_options = [Option.parse(name) for name in args.train_options.split(",") if name]
+        profiles = [profile_case(case) for case in args.profile.split(",") if case]
     except ValueError as error:
         parser.error(str(error))
     if any("graph" in option.flags for option in train_options):
         parser.error("--train-options: 'graph' is for inference only")
     on_cuda = torch.device(args.device).type == "cuda"
-    if not on_cuda and any("graph" in option.flags for option in options):
-        parser.error("--options: 'graph' needs a CUDA --device")
+    if not on_cuda and any("graph" in option.flags for option in (*options, *(option for option, _ in profiles))):
+        parser.error("--options, --profile: 'graph' needs a CUDA --device")
     if on_cuda and not torch.cuda.is_available():
         print("gpu_check: no CUDA device; skipped the GPU cases (nothing measured)", flush=True)
         return 0
@@ -333,6 +412,12 @@ def main(argv: list[str] | None = None) -> int:
             skipped(train_case, option, args.budget)
         else:
             train(option)
+    for option, size in profiles:
+        if option.compile_mode and check.over_budget():
+            print(f"profile: {option.name} at LR {size}x{size} skipped: past the --budget of {args.budget:.0f} s",
+                  flush=True)
+        else:
+            check.profile(option, size)
     print(f"total {time.perf_counter() - check.start:.0f} s", flush=True)
     return 0
 

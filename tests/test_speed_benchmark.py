@@ -148,3 +148,26 @@ def test_gpu_check_table_on_the_cpu(gpu_check, capsys):
     assert max_diff["plain fp32"] == 0 and max_diff["tail"] <= 1e-5 < 1e-3 <= max_diff["bf16w"]
     assert all(float(row[0]) > 0 and row[1].endswith("x") for row in rows.values())
     assert lines[-1].startswith("total ")
+
+
+def test_gpu_check_profile_on_the_cpu(gpu_check, capsys):
+    """--profile splits a case's time by kind of operator (kernel on a GPU), and the kinds add up to it."""
+    assert gpu_check.main(["--device", "cpu", "--sizes", "", "--options", "", "--train-options", "",
+                           "--profile", "tail@8"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header = next(line for line in lines if line.startswith("profile:"))
+    total = float(re.fullmatch(r"profile: tail at LR 8x8, 3 calls: ([\d.]+) ms per call in \d+ operators", header)[1])
+    body = lines[lines.index(header) + 1:-1]
+    kinds = {line[:30].strip(): float(line[30:].split()[0]) for line in body if line.endswith("%")}
+    assert kinds["convolution"] > 0 and kinds["matrix product"] > 0
+    assert sum(kinds.values()) == pytest.approx(total, rel=0.01)
+    top = [line.split() for line in body if not line.endswith("%")]  # ms, "ms", calls per call, name
+    assert len(top) == gpu_check.PROFILE_TOP and all(row[3].startswith("aten::") for row in top)
+    times = [float(row[0]) for row in top]
+    assert times == sorted(times, reverse=True) and sum(times) <= total * 1.01
+
+
+def test_gpu_check_profile_needs_option_at_size(gpu_check, capsys):
+    with pytest.raises(SystemExit):
+        gpu_check.main(["--device", "cpu", "--profile", "tail"])
+    assert "expected OPTION@SIZE" in capsys.readouterr().err
