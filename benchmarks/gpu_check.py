@@ -233,14 +233,14 @@ class Check:
             elif not on_cuda and event.key.startswith("aten::"):
                 kernels[event.key] = event.self_cpu_time_total, event.count
         total = sum(us for us, _ in kernels.values())
-        print(f"profile: {option.name} at LR {size}x{size}, {calls} calls: {total / calls / 1e3:.2f} ms per call in "
-              f"{sum(count for _, count in kernels.values()) // calls} {'kernels' if on_cuda else 'operators'}",
-              flush=True)
+        launches = f" in {sum(count for _, count in kernels.values()) // calls} kernels" if on_cuda else ""
+        print(f"profile: {option.name} at LR {size}x{size}, {calls} calls: {total / calls / 1e3:.2f} ms per call"
+              f"{launches}", flush=True)
         kinds = {}
         for name, (us, _) in kernels.items():
             kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0) + us
         for kind, us in sorted(kinds.items(), key=lambda item: -item[1]):
-            print(f"  {kind:<28} {us / calls / 1e3:8.2f} ms {100 * us / total:5.1f}%", flush=True)
+            print(f"  {kind:<32} {us / calls / 1e3:8.2f} ms {100 * us / total:5.1f}%", flush=True)
         for name, (us, count) in sorted(kernels.items(), key=lambda item: -item[1][0])[:PROFILE_TOP]:
             print(f"  {us / calls / 1e3:8.2f} ms {count // calls:5d}x  {name[:100]}", flush=True)
 
@@ -271,13 +271,14 @@ class Check:
 
 PROFILE_TOP = 15  # kernels listed by --profile
 # kinds of kernel (or CPU operator) by words in their names, first match: inductor's kernels first (their
-# names list the operators they fuse, "convolution" among them), and convolutions before matrix products
-# (cuDNN's are implicit GEMMs)
+# names list the operators they fuse, "convolution" among them), convolutions before matrix products
+# (cuDNN's are implicit GEMMs), matrix products before reductions (cuBLAS's split-K reduction kernels)
 KERNEL_KINDS = (
     ("matrix product (triton template)", ("triton_tem",)),
     ("fused by inductor (triton)", ("triton",)),
     ("convolution", ("conv", "fprop", "dgrad", "wgrad", "winograd", "depthwise")),
-    ("matrix product", ("gemm", "cutlass", "xmma", "matmul", "aten::mm", "bmm", "addmm", "cublas")),
+    ("matrix product", ("gemm", "gemv", "splitk", "nvjet", "cutlass", "xmma", "matmul", "aten::mm", "bmm", "addmm",
+                        "cublas")),
     ("normalisation", ("norm",)),
     ("softmax, reduction", ("softmax", "reduce", "sum", "mean", "var")),
     ("copy, layout", ("copy", "memcpy", "memset", "cat", "transpose", "nchw", "nhwc", "contiguous", "shuffle")),
@@ -321,9 +322,10 @@ def skipped(case: str, option: Option, budget: float) -> None:
 
 def profile_case(case: str) -> tuple[Option, int]:
     """'OPTION@SIZE' of --profile ('plain fp32' is the plain network)."""
-    name, at, size = case.rpartition("@")
-    if not at or not size.isdigit():
+    name, at, size = case.strip().rpartition("@")
+    if not at or not size.isdigit() or int(size) < 1:
         raise ValueError(f"--profile {case!r}: expected OPTION@SIZE, e.g. 'compile default tail@256'")
+    name = name.strip()
     return (PLAIN if name == PLAIN.name else Option.parse(name)), int(size)
 
 

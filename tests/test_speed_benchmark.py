@@ -156,9 +156,10 @@ def test_gpu_check_profile_on_the_cpu(gpu_check, capsys):
                            "--profile", "tail@8"]) == 0
     lines = capsys.readouterr().out.splitlines()
     header = next(line for line in lines if line.startswith("profile:"))
-    total = float(re.fullmatch(r"profile: tail at LR 8x8, 3 calls: ([\d.]+) ms per call in \d+ operators", header)[1])
+    total = float(re.fullmatch(r"profile: tail at LR 8x8, 3 calls: ([\d.]+) ms per call", header)[1])
     body = lines[lines.index(header) + 1:-1]
-    kinds = {line[:30].strip(): float(line[30:].split()[0]) for line in body if line.endswith("%")}
+    kinds = {kind: float(ms) for kind, ms in (re.fullmatch(r"  (.+?) +([\d.]+) ms +[\d.]+%", line).groups()
+                                              for line in body if line.endswith("%"))}
     assert kinds["convolution"] > 0 and kinds["matrix product"] > 0
     assert sum(kinds.values()) == pytest.approx(total, rel=0.01)
     top = [line.split() for line in body if not line.endswith("%")]  # ms, "ms", calls per call, name
@@ -167,7 +168,29 @@ def test_gpu_check_profile_on_the_cpu(gpu_check, capsys):
     assert times == sorted(times, reverse=True) and sum(times) <= total * 1.01
 
 
-def test_gpu_check_profile_needs_option_at_size(gpu_check, capsys):
+@pytest.mark.parametrize("case", ["tail", "tail@0", "tail@x"])
+def test_gpu_check_profile_needs_option_at_size(gpu_check, capsys, case):
     with pytest.raises(SystemExit):
-        gpu_check.main(["--device", "cpu", "--profile", "tail"])
+        gpu_check.main(["--device", "cpu", "--profile", case])
     assert "expected OPTION@SIZE" in capsys.readouterr().err
+
+
+def test_gpu_check_kernel_kinds(gpu_check):
+    """CUDA kernel names of the kinds a profile of the DIRformer shows (as cuDNN, cuBLAS, PyTorch and
+    inductor name them), each filed under its kind."""
+    kinds = {
+        "sm90_xmma_fprop_implicit_gemm_bf16bf16_bf16f32_f32_nhwckrsc_nhwc": "convolution",
+        "void at::native::conv_depthwise2d_forward_kernel<float, int>": "convolution",
+        "nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNN": "matrix product",
+        "sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64": "matrix product",
+        "void splitKreduce_kernel<32, 16, int, float, float>": "matrix product",
+        "void gemv2T_kernel_val<int, int, float, float, float, float, 128, 16, 4, 4>": "matrix product",
+        "triton_poi_fused_convolution_gelu_mul_3": "fused by inductor (triton)",
+        "triton_tem_fused_mm_0": "matrix product (triton template)",
+        "void at::native::(anonymous namespace)::vectorized_layer_norm_kernel<float, float>": "normalisation",
+        "void at::native::reduce_kernel<512, 1, at::native::ReduceOp<float, MeanOps>>": "softmax, reduction",
+        "void at::native::vectorized_elementwise_kernel<4, at::native::GeluCUDAKernelImpl>": "elementwise",
+        "Memcpy DtoD (Device -> Device)": "copy, layout",
+        "void cudnn::ops::nchwToNhwcKernel<float, float, float, false, true>": "copy, layout",
+    }
+    assert {name: gpu_check.kernel_kind(name) for name in kinds} == kinds
