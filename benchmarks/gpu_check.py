@@ -36,6 +36,7 @@ Without a CUDA device it prints one line saying that it skipped the GPU cases an
 from __future__ import annotations
 
 import argparse
+import collections
 import contextlib
 import dataclasses
 import importlib
@@ -236,9 +237,9 @@ class Check:
         launches = f" in {sum(count for _, count in kernels.values()) // calls} kernels" if on_cuda else ""
         print(f"profile: {option.name} at LR {size}x{size}, {calls} calls: {total / calls / 1e3:.2f} ms per call"
               f"{launches}", flush=True)
-        kinds = {}
+        kinds = collections.Counter()
         for name, (us, _) in kernels.items():
-            kinds[kernel_kind(name)] = kinds.get(kernel_kind(name), 0) + us
+            kinds[kernel_kind(name)] += us
         for kind, us in sorted(kinds.items(), key=lambda item: -item[1]):
             print(f"  {kind:<32} {us / calls / 1e3:8.2f} ms {100 * us / total:5.1f}%", flush=True)
         for name, (us, count) in sorted(kernels.items(), key=lambda item: -item[1][0])[:PROFILE_TOP]:
@@ -416,8 +417,7 @@ def main(argv: list[str] | None = None) -> int:
             train(option)
     for option, size in profiles:
         if option.compile_mode and check.over_budget():
-            print(f"profile: {option.name} at LR {size}x{size} skipped: past the --budget of {args.budget:.0f} s",
-                  flush=True)
+            skipped(f"profile LR {size}x{size}", option, args.budget)
         else:
             check.profile(option, size)
     print(f"total {time.perf_counter() - check.start:.0f} s", flush=True)
