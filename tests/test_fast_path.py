@@ -93,11 +93,13 @@ def test_fast_matches_plain_without_autograd(variant, monkeypatch):
 
     folded_projections = dirformer_fast.folded_projections
     monkeypatch.setattr(dirformer_fast, "folded_projections", recording)
+    given = x.contiguous(memory_format=torch.channels_last)  # read as it is: no copy to protect it
     with torch.inference_mode():
         net.impl = "plain"
         ref = net(x, ipr)
         net.impl = "fast"
-        out = net(x, ipr)
+        out = net(given, ipr)
+    assert torch.equal(given, x)  # the levels overwrite only the network's own tensors
     assert ref.abs().max() > 0.1
     assert (out - ref).abs().max().item() <= 1e-5
     assert widths and all(width == 16 * -(-hidden // 16) for hidden, width in widths)
@@ -258,6 +260,35 @@ def test_blocks_in_row_bands_match_the_plain_path(variant, band_pixels, level_ba
                 net.impl = "fast"
                 out = net(x.to(dtype), ipr.to(dtype))
             assert out.dtype == dtype and (out - ref).abs().max().item() <= tolerance
+
+
+@pytest.mark.parametrize("band_pixels", [dirformer_fast.BAND_PIXELS, 64])  # one band, and 4 bands of 4 rows
+def test_levels_overwrite_only_what_they_are_given(band_pixels, monkeypatch):
+    """In eager inference a block adds its attention into its input's memory when told that nothing reads
+    the input again: a level tells all its blocks but the first, and the first only when its caller says
+    so. A level's NCHW input is never overwritten: its tokens are a transposed view, and the output comes
+    out channels_last as from any other input."""
+    monkeypatch.setattr(dirformer_fast, "BAND_PIXELS", band_pixels)
+    net, _, ipr = tiny_dirformer("deblur")  # bias=True: the attention's output bias is added in place too
+    net.eval()
+    level = net.encoder_level2  # two blocks
+    x = torch.rand(2, level[0].norm1.body.weight.numel(), 16, 16).contiguous(memory_format=torch.channels_last)
+    net.impl = "plain"
+    with torch.inference_mode():
+        ref = level(x, ipr)
+        net.impl = "fast"
+        given = x.clone()
+        out = level(given, ipr)
+        assert torch.equal(given, x)
+        overwritten = x.clone()
+        out_overwriting = level(overwritten, ipr, overwrite=True)
+        nchw = x.contiguous()
+        out_nchw = level(nchw, ipr, overwrite=True)
+    for result in (out, out_overwriting, out_nchw):
+        assert (result - ref).abs().max().item() <= 1e-5
+        assert result.is_contiguous(memory_format=torch.channels_last)
+    assert out_overwriting.data_ptr() == overwritten.data_ptr() and out.data_ptr() != given.data_ptr()
+    assert torch.equal(nchw, x)
 
 
 def test_resampling_convs_read_small_maps_as_nchw():

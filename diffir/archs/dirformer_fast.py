@@ -15,7 +15,8 @@ state dict; ``DIRformer(impl=...)`` picks the path.
   depthwise convs read kept from the band before): the feed-forward band by band, the attention's
   q.k^T and norms summed over bands (only v is kept for every band). At 128x128 and larger this made
   inference 10-30% faster than streaming each wide activation through memory. The feed-forward's
-  GELU and gate work in place, and its output GEMM adds into the attention's output.
+  GELU and gate work in place, its output GEMM adds into the attention's output, and the attention's
+  into the block's input where nothing reads it again (``overwrite``).
 * The feed-forward's hidden width is zero-padded to a multiple of 16 (:data:`HIDDEN_MULTIPLE`):
   281 channels ran slower than 288.
 * The x4 SR tail (three convs and two pixel-shuffles, no nonlinearity) is 5x5 convs at LR resolution
@@ -265,8 +266,9 @@ def computes_in_float16(tokens: torch.Tensor) -> bool:
 
 
 def attention_residual(attn: nn.Module, norm: nn.Module, tokens: torch.Tensor, ipr: torch.Tensor, h: int,
-                       w: int) -> torch.Tensor:
-    """``tokens + DMTA(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch.
+                       w: int, overwrite: bool = False) -> torch.Tensor:
+    """``tokens + DMTA(norm(tokens))`` for (B, H*W, C) tokens, the whole residual branch. With ``overwrite``
+    (the caller no longer reads ``tokens``), in eager inference the branch is added into ``tokens`` in place.
 
     The C x C attention pools over all pixels: q.k^T and the norms of q and k are summed band by
     band (:func:`projected_bands`), and only v is kept for every band.
@@ -298,6 +300,16 @@ def attention_residual(attn: nn.Module, norm: nn.Module, tokens: torch.Tensor, i
     w_out = attn.project_out.weight.view(c, heads, head_channels).transpose(0, 1)  # (heads, C, head_channels)
     mix_t = (w_out @ attention).transpose(1, 2).reshape(b, c, c).transpose(1, 2)
     bias = attn.project_out.bias
+    if overwrite and eager_inference() and tokens.dtype == mix_t.dtype and tokens.is_contiguous():
+        # no new output and no copy of the residual into it: at 256x256 a fresh (H*W, C) output per block
+        # was page-faulted in every time (deblurring: 47k page faults per forward, 15k in place). Not into
+        # a transposed view (an NCHW input's tokens): the level's output would come out NCHW
+        for v, placed in values:
+            rows = tokens[:, placed]
+            if bias is not None:
+                rows.add_(bias)
+            rows.baddbmm_(v, mix_t)
+        return tokens
     if len(values) == 1:
         return torch.baddbmm(tokens if bias is None else tokens + bias, values[0][0], mix_t)
     # row bands: each band's product goes straight into its rows of the output, with no concatenation
@@ -355,10 +367,11 @@ def feed_forward_residual(ffn: nn.Module, norm: nn.Module, tokens: torch.Tensor,
     return tokens
 
 
-def transformer_block(block: nn.Module, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
-    """What ``block(x, ipr)`` computes, for a channels_last (B, C, H, W) ``x``."""
+def transformer_block(block: nn.Module, x: torch.Tensor, ipr: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+    """What ``block(x, ipr)`` computes, for a channels_last (B, C, H, W) ``x``; with ``overwrite`` (the caller
+    no longer reads ``x``), in eager inference into ``x``'s memory."""
     h, w = x.shape[-2:]
-    tokens = attention_residual(block.attn, block.norm1, tokens_of(x), ipr, h, w)
+    tokens = attention_residual(block.attn, block.norm1, tokens_of(x), ipr, h, w, overwrite)
     return image_of(feed_forward_residual(block.ffn, block.norm2, tokens, ipr, h, w), h, w)
 
 
