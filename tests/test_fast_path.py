@@ -263,32 +263,53 @@ def test_blocks_in_row_bands_match_the_plain_path(variant, band_pixels, level_ba
 
 
 @pytest.mark.parametrize("band_pixels", [dirformer_fast.BAND_PIXELS, 64])  # one band, and 4 bands of 4 rows
-def test_levels_overwrite_only_what_they_are_given(band_pixels, monkeypatch):
+def test_blocks_overwrite_only_what_they_are_given(band_pixels, monkeypatch):
     """In eager inference a block adds its attention into its input's memory when told that nothing reads
-    the input again: a level tells all its blocks but the first, and the first only when its caller says
-    so. A level's NCHW input is never overwritten: its tokens are a transposed view, and the output comes
-    out channels_last as from any other input."""
+    the input again; a level tells all its blocks but the first (which gets the level's input). An NCHW
+    input is never overwritten: its tokens are a transposed view, and the output comes out channels_last
+    as from any other input."""
     monkeypatch.setattr(dirformer_fast, "BAND_PIXELS", band_pixels)
     net, _, ipr = tiny_dirformer("deblur")  # bias=True: the attention's output bias is added in place too
     net.eval()
     level = net.encoder_level2  # two blocks
     x = torch.rand(2, level[0].norm1.body.weight.numel(), 16, 16).contiguous(memory_format=torch.channels_last)
-    net.impl = "plain"
     with torch.inference_mode():
-        ref = level(x, ipr)
-        net.impl = "fast"
-        given = x.clone()
-        out = level(given, ipr)
-        assert torch.equal(given, x)
+        ref = plain_block(level[0], x, ipr)
+        kept = x.clone()
+        out = dirformer_fast.transformer_block(level[0], kept, ipr)
         overwritten = x.clone()
-        out_overwriting = level(overwritten, ipr, overwrite=True)
+        out_overwriting = dirformer_fast.transformer_block(level[0], overwritten, ipr, overwrite=True)
         nchw = x.contiguous()
-        out_nchw = level(nchw, ipr, overwrite=True)
+        out_nchw = dirformer_fast.transformer_block(level[0], nchw, ipr, overwrite=True)
+        net.impl = "fast"
+        flags = []
+        level.run_block = lambda block, x, ipr, overwrite: flags.append(overwrite) or \
+            dirformer_fast.transformer_block(block, x, ipr, overwrite)
+        level_ref, level_input = level[1](level[0](x, ipr), ipr), x.clone()
+        level_out = level(level_input, ipr)
     for result in (out, out_overwriting, out_nchw):
         assert (result - ref).abs().max().item() <= 1e-5
         assert result.is_contiguous(memory_format=torch.channels_last)
-    assert out_overwriting.data_ptr() == overwritten.data_ptr() and out.data_ptr() != given.data_ptr()
-    assert torch.equal(nchw, x)
+    assert torch.equal(kept, x) and torch.equal(nchw, x)
+    assert out_overwriting.data_ptr() == overwritten.data_ptr() and out.data_ptr() != kept.data_ptr()
+    assert flags == [False, True] and torch.equal(level_input, x)
+    assert (level_out - level_ref).abs().max().item() <= 1e-5
+
+
+def test_fast_path_leaves_what_forward_hooks_hold_unchanged():
+    """Tensors that modules return, or levels receive, can be held by forward hooks: the fast path's in-place
+    work must not change them after the fact."""
+    net, x, ipr = tiny_dirformer("sr_x4")
+    net.eval()
+    net.impl = "fast"
+    held = []
+    for module in net.modules():
+        if module is not net:
+            module.register_forward_hook(lambda m, args, out: held.append((out, out.clone())))
+            module.register_forward_pre_hook(lambda m, args: held.extend((a, a.clone()) for a in args[:1]))
+    with torch.inference_mode():
+        net(x.contiguous(memory_format=torch.channels_last), ipr)
+    assert len(held) > 20 and all(torch.equal(tensor, copy) for tensor, copy in held)
 
 
 def test_resampling_convs_read_small_maps_as_nchw():

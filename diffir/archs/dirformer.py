@@ -172,35 +172,32 @@ class IPRSequential(nn.Sequential):
 
     ``run_block(block, x, ipr, overwrite)`` computes one block (the plain forward, or the fast path's
     function of the same weights), which may reuse ``x``'s memory when ``overwrite``: every block's input
-    but the first's (the previous block's output, which nothing else reads), and the first's when the
-    caller passes ``overwrite``. ``use_checkpoint`` recomputes each block in the backward pass when
-    training. The DIRformer sets both.
+    but the first's: the output of the block before, which nothing else holds (the fast path runs the
+    blocks as functions, so no forward hook of theirs sees it). The level's input may be held elsewhere,
+    by the caller or a forward hook, and is never overwritten. ``use_checkpoint`` recomputes each block
+    in the backward pass when training. The DIRformer sets both.
     """
 
     run_block = staticmethod(plain_block)
     use_checkpoint = False
 
-    def forward(self, x: torch.Tensor, ipr: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
-        """``overwrite``: the caller does not read ``x`` again."""
+    def forward(self, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
         recompute = self.use_checkpoint and self.training and torch.is_grad_enabled()
         for index, block in enumerate(self):
             if recompute:
                 x = checkpoint(self.run_block, block, x, ipr, use_reentrant=False)
             else:
-                x = self.run_block(block, x, ipr, overwrite=overwrite or index > 0)
+                x = self.run_block(block, x, ipr, overwrite=index > 0)
         return x
 
 
-def call_level(level: IPRSequential, x: torch.Tensor, ipr: torch.Tensor, overwrite: bool = True) -> torch.Tensor:
-    """``level(x, ipr, overwrite)``; the DIRformer's forward passes each level a tensor that it does not read
-    again, but for one case (``overwrite=False``)."""
-    return level(x, ipr, overwrite)
+def call_level(level: IPRSequential, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+    return level(x, ipr)
 
 
 @torch.compiler.disable(reason="the fast path's row bands ran faster eagerly than compiled on the whole map")
-def call_level_outside_graph(level: IPRSequential, x: torch.Tensor, ipr: torch.Tensor,
-                             overwrite: bool = True) -> torch.Tensor:
-    return level(x, ipr, overwrite)
+def call_level_outside_graph(level: IPRSequential, x: torch.Tensor, ipr: torch.Tensor) -> torch.Tensor:
+    return level(x, ipr)
 
 
 # --------------------------------------------------------------------------- resampling
@@ -366,8 +363,7 @@ class DIRformer(nn.Module):
         if fast:  # every conv, shuffle and block below then keeps channels_last
             x = x.contiguous(memory_format=torch.channels_last)
         emb = self.patch_embed.proj(x)
-        dual_pixel_skip = self.head == "inpaint" and self.dual_pixel_task  # reads emb again at the end
-        enc1 = self.level_caller(emb)(self.encoder_level1, emb, ipr, overwrite=not dual_pixel_skip)
+        enc1 = self.level_caller(emb)(self.encoder_level1, emb, ipr)
         x = self.down1_2(enc1)
         enc2 = self.level_caller(x)(self.encoder_level2, x, ipr)
         x = self.down2_3(enc2)
@@ -383,7 +379,7 @@ class DIRformer(nn.Module):
         dec1 = self.level_caller(x)(self.decoder_level1, x, ipr)
 
         if self.head == "inpaint":
-            out = self.output(dec1 + self.skip_conv(emb) if dual_pixel_skip else dec1)
+            out = self.output(dec1 + self.skip_conv(emb) if self.dual_pixel_task else dec1)
         else:
             feat = self.level_caller(dec1)(self.refinement, dec1, ipr)
             if self.head == "restore":
@@ -397,7 +393,7 @@ class DIRformer(nn.Module):
                 out = dirformer_fast.sr_tail(self.tail, feat, upsampled) if composite else self.tail(feat) + upsampled
         return out.contiguous() if fast else out
 
-    def level_caller(self, x: torch.Tensor) -> Callable[..., torch.Tensor]:
+    def level_caller(self, x: torch.Tensor) -> Callable[[IPRSequential, torch.Tensor, torch.Tensor], torch.Tensor]:
         """How forward calls a level on ``x``: :func:`call_level`, or under torch.compile, where the fast
         path's eager inference runs ``x`` on row bands and ``row_bands_outside_graph`` is on,
         :func:`call_level_outside_graph`: the level runs eagerly, between graph breaks (compiled on the
