@@ -283,8 +283,12 @@ def test_blocks_overwrite_only_what_they_are_given(band_pixels, monkeypatch):
         out_nchw = dirformer_fast.transformer_block(level[0], nchw, ipr, overwrite=True)
         net.impl = "fast"
         flags = []
-        level.run_block = lambda block, x, ipr, overwrite: flags.append(overwrite) or \
-            dirformer_fast.transformer_block(block, x, ipr, overwrite)
+
+        def recording_block(block, x, ipr, overwrite):
+            flags.append(overwrite)
+            return dirformer_fast.transformer_block(block, x, ipr, overwrite)
+
+        level.run_block = recording_block
         level_ref, level_input = level[1](level[0](x, ipr), ipr), x.clone()
         level_out = level(level_input, ipr)
     for result in (out, out_overwriting, out_nchw):
