@@ -32,7 +32,7 @@ cases at 128x128 and 256x256 (nan for a group that ``--cases`` left out)::
 
 Examples::
 
-    python benchmarks/speed.py                 # CPU, every case at 1 and 2 threads (< 10 minutes)
+    python benchmarks/speed.py                 # CPU, every case at 1 and 2 threads (about 13 minutes on 2 cores)
     python benchmarks/speed.py --quick         # 1 thread, one repetition
     python benchmarks/speed.py --dtype bf16 --image demo_data/val/dandelion_field.png \\
         --weights pretrained/demo_DiffIRS2_x4.safetensors --photo-size 256
